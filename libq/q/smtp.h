@@ -1,0 +1,143 @@
+/*
+ * q/smtp.h - the SMTP client: one connection, blocking I/O with a
+ * deadline per reply (poll), EHLO/HELO, PIPELINING (RFC 2920), SIZE,
+ * 8BITMIME, ENHANCEDSTATUSCODES, STARTTLS (RFC 3207) through OpenSSL
+ * with session resumption, dot-stuffed data from the spool.
+ *
+ * Only q_smtp.c includes OpenSSL headers. A connection is used by one
+ * thread at a time; a q_tls_ctx may be shared by threads.
+ *
+ * Failures are described by struct q_smtp_err: a retry kind (q/retry.h
+ * names), the SMTP code when a reply caused it, errno when the system
+ * did, and a text suitable for logs (server text is kept raw: escape it
+ * before it reaches a terminal).
+ */
+#ifndef Q_SMTP_H
+#define Q_SMTP_H
+
+#include "q/common.h"
+#include <sys/types.h>
+
+/* ---- replies (incremental parser; usable on its own) ---- */
+#define Q_REPLY_MAX_LINE 2048      /* longer lines: protocol error */
+#define Q_REPLY_MAX_LINES 200      /* more lines: protocol error */
+#define Q_REPLY_MAX_TEXT 8192      /* text kept; the rest is dropped */
+
+struct q_reply {
+	int code;                  /* 200..599 */
+	char enh[16];              /* "5.1.1" when the lines carry one, else "" */
+	size_t nlines;
+	size_t textlen;
+	char text[Q_REPLY_MAX_TEXT]; /* lines joined by '\n', codes stripped */
+};
+
+struct q_reply_parser;       /* opaque; holds a partial reply */
+Q_API struct q_reply_parser *q_reply_parser_new(void);
+Q_API void q_reply_parser_free(struct q_reply_parser **p);
+Q_API void q_reply_parser_reset(struct q_reply_parser *p);
+/* Feed bytes. Returns the number of bytes consumed; *done_r is set to
+ * 1 when a whole reply has been parsed into *out (bytes after it are not
+ * consumed), 0 when more bytes are needed, -1 on a protocol error
+ * (bad code, mixed codes in one multi-line reply, a line over
+ * Q_REPLY_MAX_LINE, too many lines, missing CR before LF is tolerated)
+ * with the reason in *error_r. */
+Q_API size_t q_reply_feed(struct q_reply_parser *p, const char *buf, size_t len,
+			  struct q_reply *out, int *done_r, const char **error_r);
+
+/* ---- TLS context ---- */
+struct q_tls_ctx;
+struct q_tls_opts {
+	const char *ca;            /* CA file or directory to verify against;
+				      "system" = OpenSSL's default paths; NULL */
+	const char *cert;          /* client certificate (PEM) or NULL */
+	const char *key;           /* its key or NULL (= in cert) */
+};
+/* Minimum version TLS 1.2. Session tickets and a client session cache
+ * keyed by "host:ip:port" for resumption. */
+Q_API int q_tls_ctx_new(const struct q_tls_opts *o, struct q_tls_ctx **ctx_r,
+			const char **error_r);
+Q_API void q_tls_ctx_free(struct q_tls_ctx **ctx);
+
+/* ---- connection ---- */
+struct q_smtp_err {
+	char kind[32];             /* "refused", "timeout_connect", "timeout",
+				      "lost_connection", "tls_required",
+				      "protocol", "mail_4xx", "data_4xx", ... */
+	int code;                  /* SMTP code or 0 */
+	int err;                   /* errno or 0 */
+	bool permanent;            /* a 5xx that ends the attempt for every rcpt */
+	char text[512];
+};
+
+struct q_smtp_opts {
+	const char *helo_name;     /* our name for EHLO/HELO */
+	long long connect_timeout, command_timeout, data_timeout, final_timeout;
+	const char *bind_ip;       /* source address, or NULL */
+	bool keepalive;
+	/* TLS: tls NULL = never; else try STARTTLS when offered (unless
+	   avoid_tls), and require_tls makes its absence or failure an error
+	   of kind "tls_required". verify checks the chain and verify_name. */
+	struct q_tls_ctx *tls;
+	bool avoid_tls, require_tls, verify;
+	const char *verify_name;   /* host name for SNI and the name check */
+	const char *cache_key;     /* session cache key, e.g. "host:ip:port" */
+	long long size_addition;   /* < 0: no SIZE= */
+};
+
+/* What the server offered (after the last EHLO). */
+#define Q_EXT_PIPELINING 0x01
+#define Q_EXT_SIZE       0x02
+#define Q_EXT_8BITMIME   0x04
+#define Q_EXT_STARTTLS   0x08
+#define Q_EXT_ENHANCED   0x10
+#define Q_EXT_SMTPUTF8   0x20
+#define Q_EXT_CHUNKING   0x40
+
+struct q_smtp_conn;
+
+/* Connect to ip:port (numeric IPv4 or IPv6), read the banner, EHLO (HELO
+ * when EHLO is refused with 5xx), STARTTLS as the options say, EHLO again
+ * after TLS. Returns 0 with *c_r, or -1 with *e filled (no connection is
+ * left open). */
+Q_API int q_smtp_open(const struct q_smtp_opts *o, const char *ip, unsigned port,
+		      struct q_smtp_conn **c_r, struct q_smtp_err *e);
+
+Q_API unsigned q_smtp_exts(const struct q_smtp_conn *c);
+Q_API unsigned long long q_smtp_max_size(const struct q_smtp_conn *c); /* 0 = none */
+/* "TLSv1.3:TLS_AES_256_GCM_SHA384", or NULL without TLS. */
+Q_API const char *q_smtp_tls_info(const struct q_smtp_conn *c);
+Q_API bool q_smtp_tls_resumed(const struct q_smtp_conn *c);
+Q_API const char *q_smtp_peer_ip(const struct q_smtp_conn *c);
+Q_API uint64_t q_smtp_bytes_out(const struct q_smtp_conn *c);
+Q_API unsigned q_smtp_msgs(const struct q_smtp_conn *c); /* transactions accepted */
+
+/* One transaction. MAIL FROM (with SIZE=/BODY=8BITMIME as offered),
+ * RCPT TO for each of rcpts[0..n), DATA - in one write when PIPELINING
+ * is offered, else one by one; with rset, "RSET" goes first (in the same
+ * write when pipelining). The data comes from fd (len bytes from offset
+ * 0, already CRLF and dot-stuffed, without the final dot), then ".".
+ * The final reply is read under final_timeout.
+ *
+ * Results: rcpt_codes[i] / rcpt_texts[i] (caller's arrays of n; texts
+ * are malloc'd, caller frees) get each recipient's outcome: the RCPT
+ * reply when it was not 2xx, else the reply to the final dot. When the
+ * whole transaction fails before that (MAIL refused, DATA refused, a
+ * connection fault), every recipient not yet decided gets code 0 and
+ * *e tells why; the return is then -1. Returns 0 when a reply to the
+ * final dot was read (whatever its code) or when every RCPT was refused.
+ * After -1 the connection is unusable (q_smtp_usable() is false) unless
+ * the failure was a clean reply to MAIL or DATA. */
+Q_API int q_smtp_send(struct q_smtp_conn *c, bool rset, const char *sender,
+		      const char *const *rcpts, size_t n, int fd, off_t len,
+		      int *rcpt_codes, char **rcpt_texts, struct q_smtp_err *e);
+
+/* The session state for live-session display: "banner", "ehlo",
+ * "starttls", "mail", "rcpt", "data", "dot", "rset", "quit", "idle". */
+Q_API const char *q_smtp_state(const struct q_smtp_conn *c);
+/* Can another transaction go down this connection? */
+Q_API bool q_smtp_usable(const struct q_smtp_conn *c);
+
+/* QUIT (politely, short timeout), close and free. */
+Q_API void q_smtp_close(struct q_smtp_conn **c);
+
+#endif

@@ -1,0 +1,23 @@
+/*
+ * q_private.h - internals shared by libq's modules; never installed.
+ */
+#ifndef Q_PRIVATE_H
+#define Q_PRIVATE_H
+
+#include "q/common.h"
+
+/* Format an error into the calling thread's error buffer, store it in
+ * *error_r (when error_r is not NULL) and return -1, so that a failure
+ * path reads:  return q_err(error_r, "open %s: %s", path, strerror(errno));
+ * The text may mention the buffer's previous content (it is copied
+ * first), so  q_err(error_r, "%s: %s", path, *error_r)  is safe. */
+int q_err(const char **error_r, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+/* The calling thread's error text (last q_err). */
+const char *q_err_last(void);
+
+/* Base-62 digits in ASCII order: 0-9A-Za-z. */
+extern const char q_b62[63];
+
+#endif
