@@ -191,6 +191,9 @@ struct q_index_rec {
 	char *sender;
 	char *rcpt1;             /* first pending recipient (or first) */
 	char *domains;           /* distinct domains of pending rcpts, comma-separated */
+	char *rcpts;             /* every recipient, one per line: "<state> <addr>\n"
+				    (state P, D or F), so that a listing need not
+				    open the -H file */
 };
 
 Q_API void q_index_rec_clear(struct q_index_rec *r);  /* frees the strings */
