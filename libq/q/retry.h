@@ -94,6 +94,41 @@ Q_API void q_retry_compute(struct q_retry_rec *rec, const struct q_retry_rule *r
 /* Is the key due at now? (no record, or next_try <= now) */
 Q_API bool q_retry_due(const struct q_retry_rec *rec, time_t now);
 
+/* ---- added by q_retry.c (Exim behaviour the runner needs) ----
+ * A struct q_retry_rec must be zero-initialised before first use (like
+ * struct q_buf): functions that fill one free its previous text.
+ * A record not updated for Q_RETRY_DATA_EXPIRE (Exim's retry_data_expire)
+ * is ignored by q_retry_compute: the next failure starts a new record.
+ * Error texts are stored up to Q_RETRY_TEXT_MAX bytes.
+ * q_retry_parse_algos accepts an empty list (a rule without algorithms:
+ * the first failure is already past the cutoff, as in Exim) and sets
+ * rule->algo/nalgo without freeing an earlier array. */
+#define Q_RETRY_DATA_EXPIRE (7 * 86400)
+#define Q_RETRY_TEXT_MAX 512
+
+/* The last cutoff of a rule (0 when it has no algorithms: no retries). */
+Q_API long long q_retry_final_cutoff(const struct q_retry_rule *rule);
+
+/* May a host (IP) with this record be tried now, for a message that
+ * arrived at `arrival` (0 = unknown)? As Exim: no record or next_try
+ * reached: USE; not due but the message is older than the rule's final
+ * cutoff and the record not expired: USE (one attempt so that the
+ * address can time out); else SKIP, or SKIP_EXPIRED when the record is
+ * past its final cutoff. Skipped hosts do not count towards
+ * hosts_max_try. */
+enum q_retry_use { Q_RETRY_USE, Q_RETRY_SKIP, Q_RETRY_SKIP_EXPIRED };
+Q_API enum q_retry_use q_retry_host_use(const struct q_retry_rec *rec,
+					const struct q_retry_rule *rule,
+					time_t arrival, time_t now);
+
+/* delay_after_cutoff = false (Exim): when every IP of an address is
+ * SKIP_EXPIRED, an IP is tried anyway if it has not been tried since the
+ * message arrived (this returns true for it); if none qualifies, or all
+ * fail, the address bounces ("retry timeout exceeded"). With the default
+ * delay_after_cutoff = true such an address bounces without an attempt. */
+Q_API bool q_retry_try_after_cutoff(const struct q_retry_rec *rec,
+				    time_t arrival);
+
 /* ---- the retry database ---- */
 /* 0, Q_NOTFOUND, -1. A record of unknown version is -1 with a text. */
 Q_API int q_retry_get(struct q_hints *h, const char *key, struct q_retry_rec *rec,
