@@ -1,0 +1,75 @@
+#!/bin/sh
+# tools/deps.sh [build|test|all] - install the Debian packages qkit needs
+# that are missing (default: build).  Run as root on Debian 12; prints one
+# line saying what it installs or that everything is present.  Not root
+# and something missing: prints the apt-get command to run, exits 1.
+#
+# The lists: add packages here (plain words, space separated).
+#   DEPS_BUILD  ./configure && make
+#   DEPS_TEST   make check (added to DEPS_BUILD for "test" and "all")
+#   DEPS_EXTRA  extra tools for benchmarks, demos, interop (only "all")
+DEPS_BUILD="gcc libc6-dev make autoconf pkg-config libdb-dev libssl-dev libncurses-dev libcunit1-dev"
+DEPS_TEST="openssl tmux valgrind ca-certificates"
+DEPS_EXTRA=""
+
+set -eu
+
+case "${1:-build}" in
+build) want="$DEPS_BUILD" ;;
+test)  want="$DEPS_BUILD $DEPS_TEST" ;;
+all)   want="$DEPS_BUILD $DEPS_TEST $DEPS_EXTRA" ;;
+-h|--help)
+	echo "usage: sh tools/deps.sh [build|test|all]"
+	exit 0 ;;
+*)
+	echo "usage: sh tools/deps.sh [build|test|all]" >&2
+	exit 64 ;;
+esac
+# shellcheck disable=SC2086,SC2116 # squeeze the blanks of the lists
+want=$(echo $want)
+
+if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
+	echo "deps: this is not a Debian system (no dpkg-query/apt-get); install by hand: $want" >&2
+	exit 1
+fi
+
+missing=""
+for p in $want; do
+	case " $missing " in *" $p "*) continue ;; esac
+	st=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+	case "$st" in
+	*" ok installed") ;;
+	*) missing="${missing:+$missing }$p" ;;
+	esac
+done
+
+if [ -z "$missing" ]; then
+	echo "deps: all present ($want)"
+	exit 0
+fi
+
+cmd="apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing"
+if [ "$(id -u)" -ne 0 ]; then
+	echo "deps: missing: $missing" >&2
+	echo "deps: run as root:  $cmd" >&2
+	exit 1
+fi
+
+echo "deps: installing: $missing"
+export DEBIAN_FRONTEND=noninteractive
+log=$(mktemp "${TMPDIR:-/tmp}/qkit-deps.XXXXXX")
+if ! apt-get -q update >"$log" 2>&1; then
+	cat "$log" >&2
+	rm -f "$log"
+	echo "deps: apt-get update failed" >&2
+	exit 1
+fi
+# shellcheck disable=SC2086 # word splitting of the package list is wanted
+if ! apt-get -q install -y --no-install-recommends $missing >"$log" 2>&1; then
+	cat "$log" >&2
+	rm -f "$log"
+	echo "deps: apt-get install failed: $missing" >&2
+	exit 1
+fi
+rm -f "$log"
+echo "deps: installed: $missing"
