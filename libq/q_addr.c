@@ -567,9 +567,10 @@ static int parse_list(const char *v, size_t n, const char *fname,
 			i = j;
 			continue;
 		}
-		if (c == '[') {
-			const char *close = memchr(v + i, ']', n - i);
-			size_t j = close != NULL ? (size_t)(close - v) : n - 1;
+		if (c == '[' && memchr(v + i, ']', n - i) != NULL) {
+			/* a domain literal: copied as it is (no comments or
+			 * specials inside) */
+			size_t j = (size_t)((const char *)memchr(v + i, ']', n - i) - v);
 
 			if (q_buf_add(&item, v + i, j - i + 1) < 0)
 				ret = q_err(error_r, "out of memory");
