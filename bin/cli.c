@@ -433,14 +433,14 @@ char *cli_fmt_size(uint64_t v, char *buf, size_t size)
 		return buf;
 	}
 	d = (double)v / 1024.0;
-	for (u = 0; d >= 1024.0 && units[u + 1] != '\0'; u++)
+	/* the unit in which the rounded figure stays below 1024 */
+	for (u = 0; d >= 1023.5 && units[u + 1] != '\0'; u++)
 		d /= 1024.0;
-	/* one decimal below 10 (rounded down, so 10239 bytes is "9.9K",
-	 * never "10.0K"), none above */
-	if (d < 10.0)
-		snprintf(buf, size, "%d.%d%c", (int)d, (int)(d * 10.0) % 10, units[u]);
+	/* one decimal below 10 (as exim -bp does), none above */
+	if (d < 9.95)
+		snprintf(buf, size, "%.1f%c", d, units[u]);
 	else
-		snprintf(buf, size, "%d%c", (int)d, units[u]);
+		snprintf(buf, size, "%.0f%c", d, units[u]);
 	return buf;
 }
 
