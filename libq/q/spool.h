@@ -12,7 +12,8 @@
  *   tmp/               files being written (never listed)
  *   db/                the hints environment (q/hints.h)
  *   log/mainlog
- * <c> is the last character of the id.
+ * <c> is the last character of the id's microsecond field
+ * (id[Q_ID_SPLIT_POS], see q_id.c), which spreads messages evenly.
  *
  * The spool files are the truth; the index in the hints is a hint.
  */
@@ -29,6 +30,7 @@ struct q_hints;
  * in base 62 (0-9A-Za-z, fixed width), so that ids sort by arrival as
  * strings, are unique across processes and are safe file names. */
 #define Q_ID_LEN 16
+#define Q_ID_SPLIT_POS 10    /* id[10]: the split directory character */
 Q_API void q_id_new(char id[Q_ID_LEN + 1]);
 Q_API bool q_id_valid(const char *id);
 /* Arrival time encoded in a valid id (seconds). */
