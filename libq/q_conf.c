@@ -126,16 +126,20 @@ static char *trim(char *s)
 	return s;
 }
 
-/* Escaped copy of a value for an error text (static per thread). */
+/* Escaped copy of a value for an error text: four rotating per-thread
+ * buffers, so that one message may show up to four values. */
 static const char *shown(const char *s)
 {
-	static _Thread_local char out[200];
+	static _Thread_local char outs[4][200];
+	static _Thread_local unsigned next;
+	char *out = outs[next++ % 4];
 	struct q_buf b = { 0 };
 
 	if (q_escape_term(&b, s, strlen(s), true) < 0 || b.data == NULL) {
-		snprintf(out, sizeof(out), "?");
-	} else if (b.len >= sizeof(out)) {
-		snprintf(out, sizeof(out), "%.*s...", (int)sizeof(out) - 4, b.data);
+		snprintf(out, sizeof(outs[0]), "?");
+	} else if (b.len >= sizeof(outs[0])) {
+		snprintf(out, sizeof(outs[0]), "%.*s...", (int)sizeof(outs[0]) - 4,
+			 b.data);
 	} else {
 		memcpy(out, b.data, b.len + 1);
 	}
@@ -1333,14 +1337,52 @@ static void print_hostspecs(FILE *f, const struct q_hostspec *hs, size_t n)
 	}
 }
 
+/* Read a factor the way q_retry does (digits [. digits], no locale). */
+static double factor_value(const char *s)
+{
+	double v = 0.0, scale = 1.0;
+
+	while (*s >= '0' && *s <= '9')
+		v = v * 10.0 + (*s++ - '0');
+	if (*s == '.')
+		for (s++; *s >= '0' && *s <= '9'; s++) {
+			scale /= 10.0;
+			v += (*s - '0') * scale;
+		}
+	return v;
+}
+
+/* The shortest fixed-point text that reads back to x. Written by hand:
+ * printf's %f follows LC_NUMERIC (a decimal comma in some locales) and
+ * the programs call setlocale(). */
 static void print_factor(FILE *f, double x)
 {
 	char buf[64];
 	int prec;
 
-	for (prec = 1; prec <= 17; prec++) {
-		snprintf(buf, sizeof(buf), "%.*g", prec, x);
-		if (strtod(buf, NULL) == x)
+	if (!(x >= 0.0 && x < 1e15)) {
+		fputs("0", f);
+		return;
+	}
+	for (prec = 0; prec <= 12; prec++) {
+		double p10 = 1.0, frac;
+		unsigned long long ip, fp;
+		int i;
+
+		for (i = 0; i < prec; i++)
+			p10 *= 10.0;
+		ip = (unsigned long long)x;
+		frac = x - (double)ip;
+		fp = (unsigned long long)(frac * p10 + 0.5);
+		if ((double)fp >= p10) {
+			ip++;
+			fp = 0;
+		}
+		if (prec == 0)
+			snprintf(buf, sizeof(buf), "%llu", ip);
+		else
+			snprintf(buf, sizeof(buf), "%llu.%0*llu", ip, prec, fp);
+		if (factor_value(buf) == x)
 			break;
 	}
 	fputs(buf, f);
