@@ -1,13 +1,21 @@
 /*
  * tests/test_qutil.c - q_util: the growable buffer, Exim time values,
- * terminal and JSON escaping, boot id, pid liveness. Table-driven.
+ * terminal and JSON escaping, boot id, pid liveness; and q_log (the main
+ * log: modes, line format, escaping, whole lines from threads and
+ * processes). Table-driven.
  */
 #include "config.h"
+#include "q/log.h"
 #include "q/util.h"
+#include "tests/tlib.h"
 
+#include <pthread.h>
+#include <regex.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -355,6 +363,101 @@ static void test_pid_alive(void)
 	CU_ASSERT_FALSE(q_pid_alive((long)pid));  /* reaped: gone */
 }
 
+
+/* ---- q_log ---- */
+
+#define LOG_THREADS 4
+#define LOG_LINES 200
+
+static void *log_thread(void *arg)
+{
+	long id = (long)arg;
+	int i;
+
+	for (i = 0; i < LOG_LINES; i++)
+		q_log("thread %ld line %d %s", id, i,
+		      "padding-padding-padding-padding-padding-padding-padding");
+	return NULL;
+}
+
+static void test_log(void)
+{
+	char *dir = t_tmpdir(), path[4096], *text, *line, *save = NULL;
+	const char *err = NULL;
+	struct stat st;
+	pthread_t th[LOG_THREADS];
+	regex_t re;
+	size_t len, n = 0, nthread = 0, nchild = 0;
+	pid_t pid;
+	int i, status;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(dir);
+	q_log("before open: goes nowhere");
+	CU_ASSERT_EQUAL_FATAL(q_log_open(dir, false, &err), 0);
+	snprintf(path, sizeof(path), "%s/log", dir);
+	CU_ASSERT_EQUAL_FATAL(stat(path, &st), 0);
+	CU_ASSERT_EQUAL(st.st_mode & 07777, 0700);
+	snprintf(path, sizeof(path), "%s/log/mainlog", dir);
+	CU_ASSERT_EQUAL_FATAL(stat(path, &st), 0);
+	CU_ASSERT_EQUAL(st.st_mode & 07777, 0600);
+
+	errno = 1234;
+	q_log("forged\n2000-01-01 00:00:00 [1] fake \x1b[31m\\ caf\xc3\xa9 %d", 7);
+	CU_ASSERT_EQUAL(errno, 1234);             /* errno is preserved */
+	for (i = 0; i < LOG_THREADS; i++)
+		CU_ASSERT_EQUAL_FATAL(pthread_create(&th[i], NULL, log_thread,
+						     (void *)(long)i), 0);
+	pid = fork();
+	CU_ASSERT_FATAL(pid >= 0);
+	if (pid == 0) {
+		for (i = 0; i < LOG_LINES; i++)
+			q_log("child line %d %s", i, "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
+		_exit(0);
+	}
+	for (i = 0; i < LOG_THREADS; i++)
+		pthread_join(th[i], NULL);
+	CU_ASSERT_EQUAL(waitpid(pid, &status, 0), pid);
+	CU_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	q_log_close();
+	q_log("after close: goes nowhere");
+
+	text = t_read_file(path, &len);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+	CU_ASSERT(len > 0 && text[len - 1] == '\n');
+	CU_ASSERT_EQUAL_FATAL(regcomp(&re, "^[0-9]{4}-[0-9]{2}-[0-9]{2} "
+				      "[0-9]{2}:[0-9]{2}:[0-9]{2} \\[[0-9]+\\] "
+				      "(thread [0-3] line [0-9]+ padding(-padding){6}|"
+				      "child line [0-9]+ x{30}|forged.*)$",
+				      REG_EXTENDED | REG_NOSUB), 0);
+	for (line = strtok_r(text, "\n", &save); line != NULL;
+	     line = strtok_r(NULL, "\n", &save)) {
+		int m = regexec(&re, line, 0, NULL, 0);
+
+		if (m != 0)
+			fprintf(stderr, "\n  bad log line: %s\n", line);
+		CU_ASSERT_EQUAL(m, 0);
+		if (strstr(line, " thread ") != NULL)
+			nthread++;
+		else if (strstr(line, " child ") != NULL)
+			nchild++;
+		else
+			CU_ASSERT_PTR_NOT_NULL(strstr(line, "] forged\\n2000-01-01 "
+				"00:00:00 [1] fake \\x1b[31m\\\\ caf\xc3\xa9 7"));
+		n++;
+	}
+	CU_ASSERT_EQUAL(nthread, LOG_THREADS * LOG_LINES);
+	CU_ASSERT_EQUAL(nchild, LOG_LINES);
+	CU_ASSERT_EQUAL(n, 1 + LOG_THREADS * LOG_LINES + LOG_LINES);
+	CU_ASSERT_PTR_NULL(strstr(text, "goes nowhere"));
+	regfree(&re);
+	free(text);
+
+	/* a spool directory that cannot hold a log */
+	snprintf(path, sizeof(path), "%s/no/such/dir", dir);
+	CU_ASSERT_EQUAL(q_log_open(path, false, &err), -1);
+	CU_ASSERT_PTR_NOT_NULL(strstr(err, "no/such/dir/log"));
+}
+
 void suite_qutil(void)
 {
 	CU_pSuite s = CU_add_suite("qutil", NULL, NULL);
@@ -368,4 +471,6 @@ void suite_qutil(void)
 	CU_add_test(s, "q_json_str table", test_json_str);
 	CU_add_test(s, "q_boot_id", test_boot_id);
 	CU_add_test(s, "q_pid_alive", test_pid_alive);
+	CU_add_test(s, "q_log: modes, format, escaping, threads and a child",
+		    test_log);
 }
