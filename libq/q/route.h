@@ -115,5 +115,11 @@ Q_API void q_route_cache_flush(void);
 typedef int q_route_query_fn(const char *name, int type, unsigned char *answer,
 			     int anslen, int *herr_r);
 void q_route_set_query(q_route_query_fn *fn);
+/* Replace getaddrinfo for names not in hosts_file: append the addresses
+ * of name (numeric strings, malloc'd) to *ips_r / *n_r and return 0, or
+ * return a getaddrinfo error (EAI_NONAME: permanent; EAI_AGAIN and the
+ * rest: temporary). NULL restores getaddrinfo. Same rules as above. */
+typedef int q_route_addr_fn(const char *name, char ***ips_r, size_t *n_r);
+void q_route_set_addr(q_route_addr_fn *fn);
 
 #endif
