@@ -9,8 +9,8 @@
  *   name / no_name                (booleans only: true / false)
  *   route PATTERN = HOST[:PORT] ...
  *   retry PATTERN ERROR ALGORITHMS
- * A line ending in a backslash continues on the next one; errors then
- * name the line where the logical line started.
+ * A line ending in a backslash continues on the next one (whose leading
+ * blanks are dropped); errors then name the line where it started.
  *
  * Invariants:
  *  - q_conf_load either returns a complete, validated config or -1 and
@@ -1168,10 +1168,18 @@ static int parse_text(struct parser *p, char *text, size_t len)
 		lineno++;
 		if (n > 0 && text[pos + n - 1] == '\r')
 			n--;
-		if (logical.len == 0)
+		if (logical.len == 0) {
 			start_line = lineno;
+		} else {
+			/* a continuation: its leading blanks are dropped */
+			while (n > 0 && is_ws(text[pos])) {
+				pos++;
+				n--;
+			}
+		}
 		cont = n > 0 && text[pos + n - 1] == '\\' &&
-		       !(logical.len == 0 && text[pos] == '#');
+		       !(logical.len == 0 &&
+			 text[pos + strspn(text + pos, " \t")] == '#');
 		if (cont)
 			n--;
 		if (q_buf_add(&logical, text + pos, n) < 0 ||

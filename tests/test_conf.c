@@ -259,9 +259,12 @@ static void test_syntax(void)
 		"no_delay_after_cutoff\n"
 		"retry_include_ip_address\n"
 		"# a \\\n"                              /* no continuation in comments */
+		"   # b \\\n"
 		"route example.com = a.example,\\\n"
 		"      b.example \\\n"
 		"      c.example\n"
+		"tls_certificate = /etc/\\\n"
+		"      qkit/cert.pem\n"
 		"max_rcpt = 2K\n"
 		"size_addition = 1M\n"
 		"hosts_file = \"a \\\"quoted\\\" \\\\name \"\n"
@@ -277,6 +280,7 @@ static void test_syntax(void)
 	CU_ASSERT_EQUAL_FATAL(c->nroutes, 1);
 	CU_ASSERT_EQUAL_FATAL(c->routes[0].nhosts, 3);
 	CU_ASSERT_STRING_EQUAL(c->routes[0].hosts[2].name, "c.example");
+	CU_ASSERT_STRING_EQUAL(c->tls_certificate, "/etc/qkit/cert.pem");
 	CU_ASSERT_EQUAL(c->max_rcpt, 2048);
 	CU_ASSERT_EQUAL(c->size_addition, 1048576);
 	CU_ASSERT_STRING_EQUAL(c->hosts_file, "a \"quoted\" \\name ");
