@@ -1185,6 +1185,7 @@ static void test_qhints_tidy_dump(void)
 
 	s = open_spool(&e);
 	CU_ASSERT_EQUAL_FATAL(q_spool_hints(s, &h, NULL), 0);
+	n = 0;
 	CU_ASSERT_EQUAL(q_wait_list(h, "mx.example.com", 0, &ids, &n, NULL), 0);
 	CU_ASSERT_EQUAL(n, 1);
 	if (n == 1)
