@@ -296,6 +296,9 @@ static void test_line_count(void)
 	char *s = malloc(16 * (Q_REPLY_MAX_LINES + 2));
 	const char *err;
 
+	CU_ASSERT_FATAL(s != NULL && r != NULL);
+	if (s == NULL || r == NULL)
+		return;
 	for (n = Q_REPLY_MAX_LINES; n <= Q_REPLY_MAX_LINES + 1; n++) {
 		size_t len = 0;
 

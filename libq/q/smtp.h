@@ -56,6 +56,7 @@ struct q_tls_opts {
  * keyed by "host:ip:port" for resumption. */
 Q_API int q_tls_ctx_new(const struct q_tls_opts *o, struct q_tls_ctx **ctx_r,
 			const char **error_r);
+/* (added) Free only after every connection made with it is closed. */
 Q_API void q_tls_ctx_free(struct q_tls_ctx **ctx);
 
 /* ---- connection ---- */
@@ -67,10 +68,39 @@ struct q_smtp_err {
 	int err;                   /* errno or 0 */
 	bool permanent;            /* a 5xx that ends the attempt for every rcpt */
 	char text[512];
+	bool tls_failed;           /* (added) opportunistic TLS failed: kind
+				      "tls_failed"; the connection is gone and
+				      the caller may reconnect with avoid_tls */
 };
+/* (added) The kinds, all complete:
+ *   connect phase: "refused" (ECONNREFUSED), "timeout_connect",
+ *     "connect" (any other connect/bind error; err says which);
+ *   "banner" (banner not 2xx, code set), "helo" (EHLO 4xx, or HELO
+ *     refused after EHLO 5xx, code set);
+ *   "timeout" (a reply or a data block did not come/go before its
+ *     deadline), "lost_connection" (EOF, ECONNRESET, EPIPE, TLS error
+ *     mid-dialogue), "protocol" (malformed reply, or server data that
+ *     arrived before a command was sent);
+ *   TLS: "tls_required" (require_tls and STARTTLS not offered, refused or
+ *     failed; or verify asked and the certificate failed: the text names
+ *     the X509 error), "tls_failed" (opportunistic handshake failure, with
+ *     tls_failed = true), "starttls" (421 to STARTTLS);
+ *   transaction: "rset" (RSET refused: code set; the connection is
+ *     dropped), "mail_4xx"/"mail_5xx", "rcpt_4xx" (421 to RCPT),
+ *     "data_4xx"/"data_5xx" (to DATA or to the final dot), code set,
+ *     permanent = true for the 5xx ones; "mail_5xx" with code 552 also
+ *     when the message is bigger than the server's SIZE (nothing sent);
+ *   "local": our side (out of memory, spool fd short or unreadable, an
+ *     address with control characters: permanent = true for the last).
+ * A 421 reply anywhere ends the connection: nothing more is sent. */
 
 struct q_smtp_opts {
 	const char *helo_name;     /* our name for EHLO/HELO */
+	/* in seconds (as q_time_parse gives them); <= 0: connect waits as
+	   long as the kernel does, the others default to 300, 300, 600.
+	   Each is a deadline for a whole reply (or data block, or the
+	   connect, or the TLS handshake under command_timeout), not per
+	   read. */
 	long long connect_timeout, command_timeout, data_timeout, final_timeout;
 	const char *bind_ip;       /* source address, or NULL */
 	bool keepalive;
@@ -98,7 +128,11 @@ struct q_smtp_conn;
 /* Connect to ip:port (numeric IPv4 or IPv6), read the banner, EHLO (HELO
  * when EHLO is refused with 5xx), STARTTLS as the options say, EHLO again
  * after TLS. Returns 0 with *c_r, or -1 with *e filled (no connection is
- * left open). */
+ * left open).
+ * (added) A refused STARTTLS (4xx/5xx other than 421) without
+ * require_tls continues in clear. A failed opportunistic handshake
+ * returns -1 with kind "tls_failed" and e->tls_failed: to deliver in
+ * clear, call again with avoid_tls set for this host. */
 Q_API int q_smtp_open(const struct q_smtp_opts *o, const char *ip, unsigned port,
 		      struct q_smtp_conn **c_r, struct q_smtp_err *e);
 
@@ -126,13 +160,27 @@ Q_API unsigned q_smtp_msgs(const struct q_smtp_conn *c); /* transactions accepte
  * *e tells why; the return is then -1. Returns 0 when a reply to the
  * final dot was read (whatever its code) or when every RCPT was refused.
  * After -1 the connection is unusable (q_smtp_usable() is false) unless
- * the failure was a clean reply to MAIL or DATA. */
+ * the failure was a clean reply to MAIL or DATA.
+ * (added) Precisely: when DATA is refused, the recipients whose RCPT was
+ * accepted get the DATA reply's code and text (and *e says "data_4xx"
+ * or "data_5xx"); when the final dot gets a non-2xx reply the return is
+ * 0 and *e describes it too. A recipient refused at RCPT keeps its RCPT
+ * reply whatever happens later. With PIPELINING and every RCPT refused
+ * but DATA answered 354, an empty message (".") is sent and its reply
+ * ignored (RFC 2920 3.1). The reply to the final dot is read and
+ * returned before anything else is written: the next command (RSET,
+ * QUIT) goes out only on the caller's next call. BODY=8BITMIME is never
+ * sent (the data is not scanned); SMTPUTF8 is added when offered and an
+ * address has 8-bit bytes. rset is forced when the last transaction
+ * left a MAIL open (every RCPT refused without PIPELINING). */
 Q_API int q_smtp_send(struct q_smtp_conn *c, bool rset, const char *sender,
 		      const char *const *rcpts, size_t n, int fd, off_t len,
 		      int *rcpt_codes, char **rcpt_texts, struct q_smtp_err *e);
 
 /* The session state for live-session display: "banner", "ehlo",
- * "starttls", "mail", "rcpt", "data", "dot", "rset", "quit", "idle". */
+ * "starttls", "mail", "rcpt", "data", "dot", "rset", "quit", "idle".
+ * (added) A static string; may be read from another thread while the
+ * owner is inside q_smtp_send (as may q_smtp_bytes_out). */
 Q_API const char *q_smtp_state(const struct q_smtp_conn *c);
 /* Can another transaction go down this connection? */
 Q_API bool q_smtp_usable(const struct q_smtp_conn *c);
