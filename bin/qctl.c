@@ -1373,11 +1373,7 @@ static int cmd_config(int argc, char **argv)
 		cli_usage_error("config: unexpected argument '%s'", argv[optind]);
 	conf = cli_conf();
 	cli_flush();
-	if (cli.conf_file != NULL)
-		printf("# configuration read from %s\n", cli.conf_file);
-	else
-		printf("# no configuration file: built-in defaults\n");
-	q_conf_print(conf, stdout);
+	q_conf_print(conf, stdout);     /* says which file it came from */
 	return EX_OK;
 }
 

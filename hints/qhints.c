@@ -117,8 +117,9 @@ static void warn_key(const char *dbname, const void *k, size_t klen,
 {
 	struct q_buf b = { 0 };
 
+	/* not cli_flush(): dump_one takes back what it wrote for this record */
 	q_escape_term(&b, k, klen, false);
-	cli_flush();
+	fflush(stdout);
 	fprintf(stderr, "%s: %s: record '%s': %s (skipped)\n", cli.prog, dbname,
 		b.data != NULL ? b.data : "", what);
 	q_buf_free(&b);

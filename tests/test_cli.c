@@ -1151,7 +1151,24 @@ static void test_qhints_tidy_dump(void)
 	CU_ASSERT_EQUAL_FATAL(q_retry_fail(h, "T:new.example:192.0.2.10",
 		q_retry_default_rule(), 0, "timeout", 0, 0, "timed out",
 		now - 3600, NULL, NULL), 0);
+	/* a record of a version nobody knows: reported and skipped */
+	CU_ASSERT_EQUAL_FATAL(q_hints_put(h, Q_DB_RETRY, "T:future.example", 16,
+					  "\xfe\x01\x02", 3, NULL), 0);
 	q_spool_close(&s);
+
+	QHINTS(&e, &o, "dump", "retry", "--json");
+	CU_ASSERT_EQUAL(o.status, 0);
+	CU_ASSERT_TRUE(json_check(o.out, o.outlen, &n));
+	CU_ASSERT_EQUAL(n, 4);
+	CU_ASSERT_PTR_NULL(strstr(o.out, "future"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(o.err, "T:future.example"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(o.err, "skipped"));
+	t_out_free(&o);
+	QCTL(&e, NULL, &o, "retry");
+	CU_ASSERT_EQUAL(o.status, 0);
+	CU_ASSERT_PTR_NULL(strstr(o.out, "future"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(o.err, "T:future.example"));
+	t_out_free(&o);
 
 	QCTL(&e, NULL, &o, "rm", gone);
 	CU_ASSERT_EQUAL_FATAL(o.status, 0);
