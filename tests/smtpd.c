@@ -985,7 +985,14 @@ static void freeze(struct conn *c)
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0 || (p.revents & (POLLRDHUP | POLLHUP | POLLERR)))
-			return;
+			break;
+	}
+	/* read what is left, so that our close is a FIN, not a reset */
+	for (int i = 0; i < 1024; i++) {
+		char b[4096];
+
+		if (recv(c->fd, b, sizeof b, MSG_DONTWAIT) <= 0)
+			break;
 	}
 }
 
@@ -1298,6 +1305,19 @@ static long param_size(const char *p, size_t n)
 
 static void tls_start(struct conn *c);
 
+/* RFC 2920 violation in "sync reject" mode: say so and close. */
+static void sync_error(struct conn *c, size_t pending)
+{
+	struct exec x = { 0, 0 };
+	struct dflt d;
+
+	rec_line(c, "sync-error pending=%zu", pending);
+	dflt_set(c, &d, 554, "5.5.0", "Error: SMTP synchronization error");
+	emit(c, d.text, d.len, &x);
+	flush_out(c);
+	set_dead(c, 1, "sync-error");
+}
+
 static void handle_cmd(struct conn *c, const char *line, size_t len)
 {
 	static const struct { const char *verb; enum pt pt; } verbs[] = {
@@ -1334,14 +1354,7 @@ static void handle_cmd(struct conn *c, const char *line, size_t len)
 	    (!c->pipelining || pt == P_EHLO || pt == P_HELO || pt == P_DATA ||
 	     pt == P_QUIT || pt == P_NOOP || pt == P_VRFY ||
 	     pt == P_STARTTLS || pt == P_OTHER)) {
-		struct exec x = { 0, 0 };
-		static const char e[] =
-			"554 5.5.0 Error: SMTP synchronization error\r\n";
-
-		rec_line(c, "sync-error pending=%zu", c->inlen - c->inoff);
-		emit(c, e, sizeof e - 1, &x);
-		flush_out(c);
-		set_dead(c, 1, "sync-error");
+		sync_error(c, c->inlen - c->inoff);
 		return;
 	}
 	c->occ[pt]++;
@@ -1690,14 +1703,7 @@ static int data_step(struct conn *c)
 		return 0;
 	}
 	if (c->sync_reject && !c->pipelining && consume < avail) {
-		struct exec x = { 0, 0 };
-		static const char e[] =
-			"554 5.5.0 Error: SMTP synchronization error\r\n";
-
-		rec_line(c, "sync-error pending=%zu", avail - consume);
-		emit(c, e, sizeof e - 1, &x);
-		flush_out(c);
-		set_dead(c, 1, "sync-error");
+		sync_error(c, avail - consume);
 		return 0;
 	}
 	c->in_data = 0;
@@ -1733,12 +1739,13 @@ static void process_input(struct conn *c)
 			ll--;
 		if (c->overlong || ll > MAX_LINE) {
 			struct exec x = { 0, 0 };
-			static const char e[] = "500 5.5.2 Error: line too long\r\n";
+			struct dflt d;
 
 			c->overlong = 0;
 			if (!opt.brief)
 				rec_line(c, "cmd g=%ld [line too long]", c->group);
-			emit(c, e, sizeof e - 1, &x);
+			dflt_set(c, &d, 500, "5.5.2", "Error: line too long");
+			emit(c, d.text, d.len, &x);
 			continue;
 		}
 		handle_cmd(c, p, ll);
@@ -2241,6 +2248,15 @@ static void accept_on(struct listener *l, int lidx, long *conn_id)
 		sockname(&ss, c->peer, sizeof c->peer);
 		getsockname(fd, (struct sockaddr *)&ls, &lsl);
 		sockname(&ls, c->local, sizeof c->local);
+		if (l->max && l->accepted >= l->max) {
+			/* before this connection starts: refused from now on
+			 * (the port stays ours: bound, not listening) */
+			close(l->fd);
+			l->refuse = 1;
+			l->fd = open_one(l, l->port, 1);
+			rec_global("0 unlisten listener=%d after=%ld", lidx,
+				l->accepted);
+		}
 		atomic_fetch_add(&st_conns, 1);
 		atomic_fetch_add(&live_threads, 1);
 		if (pthread_create(&th, &attr, conn_thread, c) != 0) {
@@ -2250,16 +2266,8 @@ static void accept_on(struct listener *l, int lidx, long *conn_id)
 			free(c);
 			close(fd);
 		}
-		if (l->max && l->accepted >= l->max) {
-			close(l->fd);
-			l->fd = -1;
-			/* keep the port: bound, not listening = refused */
-			l->refuse = 1;
-			l->fd = open_one(l, l->port, 1);
-			rec_global("0 unlisten listener=%d after=%ld", lidx,
-				l->accepted);
+		if (l->refuse)
 			break;
-		}
 	}
 	pthread_attr_destroy(&attr);
 }
