@@ -1,0 +1,191 @@
+/*
+ * q_dsn.c - bounce messages: delivery status notifications (RFC 3464,
+ * multipart/report; report-type=delivery-status) queued to the sender of
+ * a message whose recipients failed permanently.
+ *
+ * The bounce has the null sender (so it can never bounce itself), is
+ * flagged Q_ENV_BOUNCE, and carries the original header (not the body).
+ * Text that came from a server is cut to printable ASCII before it goes
+ * into the report: a server cannot inject header lines or MIME parts.
+ */
+#include "config.h"
+#include "q_private.h"
+#include "q/runner.h"
+#include "q/spool.h"
+#include "q/addr.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define DSN_MAX_HEADER (64 * 1024)
+#define DSN_MAX_DIAG 400
+
+static void add_clean(struct q_buf *b, const char *s, size_t max)
+{
+	size_t n = 0;
+	for (; s != NULL && *s && n < max; s++, n++) {
+		unsigned char c = (unsigned char)*s;
+		q_buf_addc(b, (c >= 0x20 && c < 0x7f) ? (char)c : ' ');
+	}
+}
+
+static void rfc5322_date(time_t t, char *buf, size_t size)
+{
+	struct tm tm;
+	localtime_r(&t, &tm);
+	strftime(buf, size, "%a, %d %b %Y %H:%M:%S %z", &tm);
+}
+
+/* "5.1.1" at the start of a server text, else the default. */
+static void status_of(const struct q_rcpt *rc, char *out, size_t size)
+{
+	const char *t = rc->last_error ? rc->last_error : "";
+	if ((t[0] == '5') && t[1] == '.' && t[2] >= '0' && t[2] <= '9') {
+		size_t i = 0;
+		while (i + 1 < size && t[i] && t[i] != ' ' &&
+		       ((t[i] >= '0' && t[i] <= '9') || t[i] == '.'))
+			out[i] = t[i], i++;
+		out[i] = '\0';
+		return;
+	}
+	snprintf(out, size, "%s", rc->last_code >= 500 ? "5.0.0" : "5.4.7");
+}
+
+/* The header part of the original message (canonical form, unstuffed). */
+static int read_header(struct q_spool *spool, const char *id, struct q_buf *out)
+{
+	char path[4096];
+	q_spool_path(spool, id, 'D', path, sizeof(path));
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	char *buf = malloc(DSN_MAX_HEADER + 1);
+	if (buf == NULL) {
+		close(fd);
+		return -1;
+	}
+	ssize_t n = 0, got;
+	while (n < DSN_MAX_HEADER &&
+	       (got = read(fd, buf + n, (size_t)(DSN_MAX_HEADER - n))) > 0)
+		n += got;
+	close(fd);
+	buf[n] = '\0';
+	char *end = strstr(buf, "\r\n\r\n");
+	size_t len = end ? (size_t)(end - buf) + 2 : (size_t)n;
+	struct q_buf tmp = {0};
+	int ret = q_msg_unstuff(buf, len, &tmp);
+	free(buf);
+	if (ret == 0) {
+		/* back to LF lines; canonicalize will turn them into CRLF */
+		for (size_t i = 0; i < tmp.len; i++)
+			if (tmp.data[i] != '\r')
+				q_buf_addc(out, tmp.data[i]);
+	}
+	q_buf_free(&tmp);
+	return ret;
+}
+
+int q_dsn_queue(struct q_spool *spool, const struct q_env *env,
+		const size_t *failed, size_t n, const char *our_name,
+		char *id_r, const char **error_r)
+{
+	id_r[0] = '\0';
+	if (env->sender == NULL || env->sender[0] == '\0' || n == 0)
+		return 0;
+	if (our_name == NULL || our_name[0] == '\0')
+		our_name = "localhost";
+
+	struct q_buf b = {0}, canon = {0};
+	char date[64], adate[64], boundary[64];
+	time_t now = time(NULL);
+	rfc5322_date(now, date, sizeof(date));
+	rfc5322_date(env->arrival, adate, sizeof(adate));
+	snprintf(boundary, sizeof(boundary), "%s-%ld-qkit", env->id, (long)now);
+
+	q_buf_printf(&b, "From: Mail Delivery System <MAILER-DAEMON@%s>\n", our_name);
+	q_buf_printf(&b, "To: <%s>\n", env->sender);
+	q_buf_adds(&b, "Subject: Mail delivery failed: returning message to sender\n");
+	q_buf_printf(&b, "Date: %s\n", date);
+	q_buf_printf(&b, "Message-ID: <%s-dsn@%s>\n", env->id, our_name);
+	q_buf_adds(&b, "Auto-Submitted: auto-replied\nMIME-Version: 1.0\n");
+	q_buf_printf(&b, "Content-Type: multipart/report; report-type=delivery-status;\n"
+		     "\tboundary=\"%s\"\n\n", boundary);
+	q_buf_adds(&b, "This is a MIME-encapsulated delivery status notification.\n\n");
+	q_buf_printf(&b, "--%s\nContent-Type: text/plain; charset=us-ascii\n\n", boundary);
+	q_buf_printf(&b, "This message was created automatically by mail delivery software\n"
+		     "(qkit on %s).\n\n"
+		     "A message that you sent could not be delivered to one or more of\n"
+		     "its recipients. This is a permanent error. The following address(es)\n"
+		     "failed:\n\n", our_name);
+	for (size_t i = 0; i < n; i++) {
+		if (failed[i] >= env->nrcpt)
+			continue;
+		const struct q_rcpt *rc = &env->rcpt[failed[i]];
+		q_buf_printf(&b, "  %s\n    ", rc->addr);
+		if (rc->host) {
+			q_buf_adds(&b, "host ");
+			add_clean(&b, rc->host, 255);
+			q_buf_adds(&b, ": ");
+		}
+		if (rc->last_code)
+			q_buf_printf(&b, "%d ", rc->last_code);
+		add_clean(&b, rc->last_error ? rc->last_error : "failed", DSN_MAX_DIAG);
+		q_buf_adds(&b, "\n\n");
+	}
+	q_buf_printf(&b, "--%s\nContent-Type: message/delivery-status\n\n", boundary);
+	q_buf_printf(&b, "Reporting-MTA: dns; %s\nX-Qkit-Queue-ID: %s\nArrival-Date: %s\n",
+		     our_name, env->id, adate);
+	for (size_t i = 0; i < n; i++) {
+		if (failed[i] >= env->nrcpt)
+			continue;
+		const struct q_rcpt *rc = &env->rcpt[failed[i]];
+		char status[16];
+		status_of(rc, status, sizeof(status));
+		q_buf_printf(&b, "\nFinal-Recipient: rfc822; %s\nAction: failed\nStatus: %s\n",
+			     rc->addr, status);
+		if (rc->host) {
+			q_buf_adds(&b, "Remote-MTA: dns; ");
+			add_clean(&b, rc->host, 255);
+			q_buf_adds(&b, "\n");
+		}
+		q_buf_adds(&b, rc->last_code ? "Diagnostic-Code: smtp; " : "Diagnostic-Code: X-qkit; ");
+		if (rc->last_code)
+			q_buf_printf(&b, "%d ", rc->last_code);
+		add_clean(&b, rc->last_error ? rc->last_error : "failed", DSN_MAX_DIAG);
+		q_buf_adds(&b, "\n");
+		if (rc->last_time) {
+			char ld[64];
+			rfc5322_date(rc->last_time, ld, sizeof(ld));
+			q_buf_printf(&b, "Last-Attempt-Date: %s\n", ld);
+		}
+	}
+	q_buf_printf(&b, "\n--%s\nContent-Type: text/rfc822-headers\n\n", boundary);
+	(void)read_header(spool, env->id, &b);
+	q_buf_printf(&b, "\n--%s--\n", boundary);
+
+	int ret = -1;
+	if (b.data == NULL) {
+		ret = q_err(error_r, "bounce for %s: out of memory", env->id);
+		goto out;
+	}
+	if (q_msg_canonicalize(b.data, b.len, &canon, error_r) < 0)
+		goto out;
+	const char *rcpt[1] = {env->sender};
+	struct q_newmsg m = {
+		.sender = "",
+		.rcpts = rcpt,
+		.nrcpt = 1,
+		.data = canon.data,
+		.len = canon.len,
+		.flags = Q_ENV_BOUNCE,
+	};
+	ret = q_spool_create(spool, &m, 0, id_r, error_r);
+out:
+	q_buf_free(&b);
+	q_buf_free(&canon);
+	return ret;
+}

@@ -1,0 +1,1425 @@
+/*
+ * q_runner.c - a queue run (see q/runner.h for the two phases).
+ *
+ * Owns: the in-memory plan of one run (messages, destinations, jobs), the
+ * worker threads, the use of retry records per IP, serialization slots,
+ * the live-session records, and the decisions deliver / defer / fail /
+ * fallback / bounce for every recipient it touches.
+ *
+ * Invariants:
+ * - A recipient's result is journaled before the next command goes out
+ *   on that connection; a message is committed (or removed) only after
+ *   every job of it in this run has finished.
+ * - A message is locked only while one of its jobs runs (so open files
+ *   stay bounded by the number of workers, not by the queue size).
+ * - A job whose transaction never reached the data phase on a connection
+ *   that broke is sent again on a new connection (nothing was accepted);
+ *   once the data went out, a lost reply defers (SMTP cannot tell).
+ * - Journal entries are written without fdatasync; the run syncs the
+ *   file system once at the end (group commit). A power loss can then at
+ *   worst repeat a delivery, never lose a message: messages are only ever
+ *   removed after their recipients are journaled.
+ *
+ * Costs: phase 1 is O(messages + domains) with one route lookup per
+ * domain; the destination pick is O(destinations) under one mutex, which
+ * is fine for the hundreds of destinations of a run, weak for 100,000.
+ */
+#include "config.h"
+#include "q_private.h"
+#include "q/runner.h"
+#include "q/spool.h"
+#include "q/hints.h"
+#include "q/retry.h"
+#include "q/conf.h"
+#include "q/route.h"
+#include "q/smtp.h"
+#include "q/log.h"
+#include "q/addr.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <strings.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_REQUEUE 3          /* a job re-sent after a broken connection */
+
+struct run;
+
+struct mstate {                /* one message of this run */
+	char id[Q_ID_LEN + 1];
+	time_t arrival;
+	unsigned jobs_left;    /* jobs of this run not yet finished */
+	unsigned active;       /* jobs running now */
+	struct q_msg *msg;     /* locked while active > 0 */
+	time_t next_try;       /* earliest retry time seen; 0 = none */
+	size_t *failed;        /* recipients failed in this run (bounce) */
+	size_t nfailed;
+	bool busy;             /* locked by another process: skipped */
+	bool counted;
+	struct job *fbjob;     /* this message's job on the fallback hosts */
+	pthread_mutex_t mu;
+};
+
+struct job {
+	struct mstate *m;
+	size_t *rcpt;          /* indices into the envelope */
+	char **addr;           /* the addresses (from the index), same order */
+	size_t n;
+	unsigned requeued;
+	struct dest *primary;  /* for fallback jobs: where they came from */
+	struct job *next;
+};
+
+struct dest {
+	char *sig;             /* what makes two routes the same host list */
+	struct q_hostlist_r hosts;
+	bool fallback;
+	bool serialized;
+	unsigned limit;        /* max parallel connections; 0 = any */
+	unsigned active;
+	struct job *head, *tail;
+	size_t njobs;
+	int route_status;      /* 0 routed; Q_ROUTE_TEMPORARY/PERMANENT: no hosts */
+	char *route_error;
+	char *route_domain;
+	bool mx;               /* routed through DNS MX (fallback rule) */
+	bool down;             /* every host failed: defer the rest */
+	struct q_smtp_err down_err;
+	time_t down_next;
+	bool down_expired;
+	struct dest *next;
+};
+
+struct domroute {              /* routing result, cached per domain per run */
+	char *domain;
+	struct dest *dest;     /* never NULL once made */
+	struct domroute *next;
+};
+
+struct cand {                  /* a due message, copied out of the index */
+	char id[Q_ID_LEN + 1];
+	time_t arrival;
+	char *rcpts;
+};
+
+struct run {
+	struct q_spool *spool;
+	struct q_hints *hints;
+	const struct q_conf *conf;
+	const struct q_run_opts *o;
+	struct q_run_stats *st;
+	struct q_tls_ctx *tls;
+	time_t now;
+	pthread_mutex_t mu;    /* dests and their queues, stats, working */
+	pthread_cond_t cv;
+	struct dest *dests;
+	struct dest *fallback; /* NULL without fallback_hosts */
+	struct domroute *routes;
+	struct mstate **msgs;
+	size_t nmsgs, capmsgs;
+	struct cand *cands;
+	size_t ncands, capcands;
+	unsigned working;      /* workers on primary destinations */
+	unsigned next_worker;
+	int fatal;             /* a worker met an error that stops the run */
+	char fatal_text[512];
+};
+
+/* ---------------------------------------------------------------- */
+
+static void vlog(struct run *r, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static void vlog(struct run *r, const char *fmt, ...)
+{
+	if (r->o->verbose == NULL)
+		return;
+	char tmp[2048];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(tmp, sizeof(tmp), fmt, ap);
+	va_end(ap);
+	struct q_buf e = {0};
+	if (q_escape_term(&e, tmp, strlen(tmp), true) == 0) {
+		flockfile(r->o->verbose);
+		fputs(e.data ? e.data : "", r->o->verbose);
+		fputc('\n', r->o->verbose);
+		fflush(r->o->verbose);
+		funlockfile(r->o->verbose);
+	}
+	q_buf_free(&e);
+}
+
+static bool stopping(const struct run *r)
+{
+	return (r->o->stop != NULL && *r->o->stop != 0) || r->fatal;
+}
+
+static void stat_add(struct run *r, size_t *field, size_t n)
+{
+	pthread_mutex_lock(&r->mu);
+	*field += n;
+	pthread_mutex_unlock(&r->mu);
+}
+
+static void set_fatal(struct run *r, const char *text)
+{
+	pthread_mutex_lock(&r->mu);
+	if (!r->fatal) {
+		r->fatal = 1;
+		snprintf(r->fatal_text, sizeof(r->fatal_text), "%s", text);
+	}
+	pthread_cond_broadcast(&r->cv);
+	pthread_mutex_unlock(&r->mu);
+}
+
+/* ---- the queue-run lock (queue_run_max) ---- */
+
+static int run_lock(struct run *r, int *fd_r, const char **error_r)
+{
+	unsigned max = r->conf->queue_run_max ? r->conf->queue_run_max : 1;
+	char path[4096];
+	for (unsigned i = 0; i < max; i++) {
+		snprintf(path, sizeof(path), "%s/db/run.%u.lock",
+			 q_spool_dir(r->spool), i);
+		int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+		if (fd < 0)
+			return q_err(error_r, "open %s: %s", path, strerror(errno));
+		if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+			*fd_r = fd;
+			return 0;
+		}
+		close(fd);
+	}
+	return Q_BUSY;
+}
+
+/* ---- phase 1: the plan ---- */
+
+static struct mstate *mstate_new(struct run *r, const char *id, time_t arrival)
+{
+	if (r->nmsgs == r->capmsgs) {
+		size_t cap = r->capmsgs ? r->capmsgs * 2 : 256;
+		struct mstate **v = realloc(r->msgs, cap * sizeof(*v));
+		if (v == NULL)
+			return NULL;
+		r->msgs = v;
+		r->capmsgs = cap;
+	}
+	struct mstate *m = calloc(1, sizeof(*m));
+	if (m == NULL)
+		return NULL;
+	memcpy(m->id, id, Q_ID_LEN + 1);
+	m->arrival = arrival;
+	pthread_mutex_init(&m->mu, NULL);
+	r->msgs[r->nmsgs++] = m;
+	return m;
+}
+
+static void job_free(struct job *j)
+{
+	if (j == NULL)
+		return;
+	for (size_t i = 0; i < j->n; i++)
+		free(j->addr[i]);
+	free(j->addr);
+	free(j->rcpt);
+	free(j);
+}
+
+static int job_add_rcpt(struct job *j, size_t idx, const char *addr)
+{
+	size_t *nr = realloc(j->rcpt, (j->n + 1) * sizeof(*nr));
+	if (nr == NULL)
+		return -1;
+	j->rcpt = nr;
+	char **na = realloc(j->addr, (j->n + 1) * sizeof(*na));
+	if (na == NULL)
+		return -1;
+	j->addr = na;
+	if ((j->addr[j->n] = strdup(addr)) == NULL)
+		return -1;
+	j->rcpt[j->n] = idx;
+	j->n++;
+	return 0;
+}
+
+static void dest_push(struct dest *d, struct job *j)
+{
+	j->next = NULL;
+	if (d->tail)
+		d->tail->next = j;
+	else
+		d->head = j;
+	d->tail = j;
+	d->njobs++;
+}
+
+static void dest_push_front(struct dest *d, struct job *j)
+{
+	j->next = d->head;
+	d->head = j;
+	if (d->tail == NULL)
+		d->tail = j;
+	d->njobs++;
+}
+
+static struct job *dest_pop(struct dest *d)
+{
+	struct job *j = d->head;
+	if (j) {
+		d->head = j->next;
+		if (d->head == NULL)
+			d->tail = NULL;
+		d->njobs--;
+		j->next = NULL;
+	}
+	return j;
+}
+
+static char *hosts_sig(const struct q_hostlist_r *hl, bool fallback)
+{
+	struct q_buf b = {0};
+	if (q_buf_adds(&b, fallback ? "F|" : "P|") < 0)
+		return NULL;
+	for (size_t i = 0; i < hl->n; i++)
+		if (q_buf_printf(&b, "%s/%s/%u,", hl->h[i].name, hl->h[i].ip,
+				 hl->h[i].port) < 0) {
+			q_buf_free(&b);
+			return NULL;
+		}
+	return b.data;
+}
+
+static struct dest *dest_new(struct run *r)
+{
+	struct dest *d = calloc(1, sizeof(*d));
+	if (d == NULL)
+		return NULL;
+	d->next = r->dests;
+	r->dests = d;
+	return d;
+}
+
+/* Find or make the destination for a host list; takes hl's contents. */
+static struct dest *dest_for_hosts(struct run *r, struct q_hostlist_r *hl,
+				   bool fallback)
+{
+	char *sig = hosts_sig(hl, fallback);
+	if (sig == NULL)
+		return NULL;
+	for (struct dest *d = r->dests; d; d = d->next)
+		if (d->sig && strcmp(d->sig, sig) == 0) {
+			free(sig);
+			q_route_free(hl);
+			return d;
+		}
+	struct dest *d = dest_new(r);
+	if (d == NULL) {
+		free(sig);
+		return NULL;
+	}
+	d->sig = sig;
+	d->hosts = *hl;
+	memset(hl, 0, sizeof(*hl));
+	d->fallback = fallback;
+	for (size_t i = 0; i < d->hosts.n; i++) {
+		if (d->hosts.h[i].from_mx)
+			d->mx = true;
+		if (q_hostlist_match(&r->conf->serialize_hosts, d->hosts.h[i].name,
+				     d->hosts.h[i].ip))
+			d->serialized = true;
+	}
+	if (d->serialized)
+		d->limit = r->conf->serialize_max ? r->conf->serialize_max : 1;
+	return d;
+}
+
+static struct dest *route_domain(struct run *r, const char *domain)
+{
+	for (struct domroute *dr = r->routes; dr; dr = dr->next)
+		if (strcasecmp(dr->domain, domain) == 0)
+			return dr->dest;
+	struct domroute *dr = calloc(1, sizeof(*dr));
+	if (dr == NULL)
+		return NULL;
+	if ((dr->domain = strdup(domain)) == NULL) {
+		free(dr);
+		return NULL;
+	}
+	dr->next = r->routes;
+	r->routes = dr;
+
+	/* a routing retry record that is not due defers without a lookup */
+	struct q_buf key = {0};
+	struct q_retry_rec rec = {0};
+	const char *err = NULL;
+	bool wait_route = false;
+	if (q_retry_key_route(&key, domain) == 0 &&
+	    q_retry_get(r->hints, key.data, &rec, &err) == 0 &&
+	    !r->o->force && r->o->nids == 0 && !q_retry_due(&rec, r->now))
+		wait_route = true;
+
+	struct q_hostlist_r hl = {0};
+	int ret = wait_route ? Q_ROUTE_TEMPORARY
+		: q_route_domain(r->conf, domain, &hl, &err);
+	if (ret == 0 && hl.n > 0) {
+		dr->dest = dest_for_hosts(r, &hl, false);
+		if (rec.first_failed != 0)
+			(void)q_retry_clear(r->hints, key.data, NULL);
+	} else {
+		q_route_free(&hl);
+		struct dest *d = dest_new(r);
+		if (d != NULL) {
+			d->route_status = ret == 0 ? Q_ROUTE_PERMANENT : ret;
+			d->route_domain = strdup(domain);
+			d->route_error = strdup(wait_route ? "routing retry time not reached"
+						: err ? err : "no hosts");
+			if (ret == Q_ROUTE_TEMPORARY && !wait_route) {
+				struct q_retry_rec nrec = {0};
+				const struct q_retry_rule *rule = q_retry_find_rule(
+					r->conf->retry, r->conf->nretry, NULL, domain,
+					"lookup", 0);
+				(void)q_retry_fail(r->hints, key.data, rule,
+						   r->conf->retry_interval_max, "lookup",
+						   0, 0, d->route_error, r->now, &nrec,
+						   NULL);
+				d->down_next = nrec.next_try;
+				d->down_expired = nrec.expired;
+				q_retry_rec_clear(&nrec);
+			} else if (wait_route) {
+				d->down_next = rec.next_try;
+				d->down_expired = rec.expired;
+			}
+		}
+		dr->dest = d;
+	}
+	q_retry_rec_clear(&rec);
+	q_buf_free(&key);
+	return dr->dest;
+}
+
+static bool wanted_id(const struct run *r, const char *id)
+{
+	if (r->o->nids == 0)
+		return true;
+	for (size_t i = 0; i < r->o->nids; i++)
+		if (strcmp(r->o->ids[i], id) == 0)
+			return true;
+	return false;
+}
+
+static bool has_domain(const char *domains, const char *want)
+{
+	size_t wl = strlen(want);
+	const char *p = domains;
+	while (p != NULL && *p) {
+		const char *c = strchr(p, ',');
+		size_t l = c ? (size_t)(c - p) : strlen(p);
+		if (l == wl && strncasecmp(p, want, wl) == 0)
+			return true;
+		p = c ? c + 1 : NULL;
+	}
+	return false;
+}
+
+/* q_spool_list callback: copy out what is due (routing happens after the
+ * walk, so no lookup runs while the index is being read). */
+static int collect(const struct q_index_rec *rec, void *ctx)
+{
+	struct run *r = ctx;
+	bool named = r->o->nids > 0;
+
+	if (!wanted_id(r, rec->id))
+		return 0;
+	if ((rec->flags & Q_ENV_FROZEN) && !r->o->thaw && !named)
+		return 0;
+	if (!r->o->force && !named && rec->next_try > r->now)
+		return 0;
+	if (r->o->domain && !has_domain(rec->domains, r->o->domain))
+		return 0;
+	if (rec->npending == 0 || rec->rcpts == NULL)
+		return 0;
+	if (r->ncands == r->capcands) {
+		size_t cap = r->capcands ? r->capcands * 2 : 1024;
+		struct cand *v = realloc(r->cands, cap * sizeof(*v));
+		if (v == NULL)
+			return -1;
+		r->cands = v;
+		r->capcands = cap;
+	}
+	struct cand *c = &r->cands[r->ncands];
+	memcpy(c->id, rec->id, Q_ID_LEN + 1);
+	c->arrival = rec->arrival;
+	if ((c->rcpts = strdup(rec->rcpts)) == NULL)
+		return -1;
+	r->ncands++;
+	return 0;
+}
+
+/* Turn one due message into jobs: pending recipients grouped by
+ * destination, split by max_rcpt. */
+static int plan_msg(struct run *r, const struct cand *c)
+{
+	unsigned max_rcpt = r->conf->max_rcpt ? r->conf->max_rcpt : 100;
+	struct mstate *m = mstate_new(r, c->id, c->arrival);
+	if (m == NULL)
+		return -1;
+	struct job *open_jobs[16];
+	struct dest *open_dest[16];
+	size_t nopen = 0;
+	size_t idx = 0;
+	const char *p = c->rcpts;
+
+	while (*p) {
+		const char *nl = strchr(p, '\n');
+		size_t l = nl ? (size_t)(nl - p) : strlen(p);
+		if (l > 2 && p[0] == 'P' && p[1] == ' ' && l - 2 < 512) {
+			char addr[512];
+			memcpy(addr, p + 2, l - 2);
+			addr[l - 2] = '\0';
+			const char *domain = q_addr_domain(addr);
+			bool skip = r->o->domain != NULL && r->o->nids == 0 &&
+				    strcasecmp(domain, r->o->domain) != 0;
+			if (!skip) {
+				struct dest *d = route_domain(r, domain);
+				if (d == NULL)
+					return -1;
+				size_t k;
+				for (k = 0; k < nopen; k++)
+					if (open_dest[k] == d)
+						break;
+				if (k < nopen && open_jobs[k]->n >= max_rcpt) {
+					dest_push(d, open_jobs[k]);
+					open_jobs[k] = open_jobs[--nopen];
+					open_dest[k] = open_dest[nopen];
+					k = nopen;
+				}
+				if (k == nopen) {
+					if (nopen == 16) {
+						dest_push(open_dest[0], open_jobs[0]);
+						open_jobs[0] = open_jobs[--nopen];
+						open_dest[0] = open_dest[nopen];
+						k = nopen;
+					}
+					struct job *j = calloc(1, sizeof(*j));
+					if (j == NULL)
+						return -1;
+					j->m = m;
+					m->jobs_left++;
+					open_jobs[k] = j;
+					open_dest[k] = d;
+					nopen++;
+				}
+				if (job_add_rcpt(open_jobs[k], idx, addr) < 0)
+					return -1;
+			}
+		}
+		idx++;
+		p = nl ? nl + 1 : p + l;
+	}
+	for (size_t k = 0; k < nopen; k++)
+		dest_push(open_dest[k], open_jobs[k]);
+	return 0;
+}
+
+/* Record (host, id) in the wait hints for every routed job, so that other
+ * runs (and qtop) see which messages wait for which host. */
+static void plan_wait_hints(struct run *r)
+{
+	for (struct dest *d = r->dests; d; d = d->next) {
+		if (d->route_status || d->hosts.n == 0)
+			continue;
+		const char *host = d->hosts.h[0].name;
+		for (struct job *j = d->head; j; j = j->next)
+			(void)q_wait_add(r->hints, host, j->m->id, NULL);
+	}
+}
+
+/* ---- phase 2: delivering ---- */
+
+struct worker {
+	struct run *r;
+	unsigned num;
+	struct q_session_rec sess;
+	bool sess_live;
+};
+
+static void sess_update(struct worker *w, const char *state, const char *msgid,
+			struct q_smtp_conn *c)
+{
+	struct q_session_rec *s = &w->sess;
+	free(s->state);
+	s->state = strdup(state);
+	free(s->msgid);
+	s->msgid = msgid ? strdup(msgid) : NULL;
+	if (c != NULL) {
+		const char *tls = q_smtp_tls_info(c);
+		if ((tls == NULL) != (s->tls == NULL) ||
+		    (tls && strcmp(tls, s->tls) != 0)) {
+			free(s->tls);
+			s->tls = tls ? strdup(tls) : NULL;
+		}
+		s->bytes = q_smtp_bytes_out(c);
+		s->msgs = q_smtp_msgs(c);
+	}
+	s->changed = time(NULL);
+	if (q_session_put(w->r->hints, s, NULL) == 0)
+		w->sess_live = true;
+}
+
+static void sess_end(struct worker *w)
+{
+	if (w->sess_live)
+		(void)q_session_del(w->r->hints, w->sess.pid, w->sess.worker, NULL);
+	w->sess_live = false;
+	q_session_rec_clear(&w->sess);
+}
+
+static const struct q_retry_rule *rule_for(struct run *r, const char *host,
+					   const char *domain, const char *kind,
+					   int code)
+{
+	return q_retry_find_rule(r->conf->retry, r->conf->nretry, host, domain,
+				 kind, code);
+}
+
+static void mlog(struct run *r, const char *id, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void mlog(struct run *r, const char *id, const char *fmt, ...)
+{
+	char tmp[2048];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(tmp, sizeof(tmp), fmt, ap);
+	va_end(ap);
+	q_log("%s %s", id, tmp);
+	(void)q_msglog(r->spool, id, tmp, NULL);
+	vlog(r, "%s %s", id, tmp);
+}
+
+/* Lock the job's message (once per message while jobs run). Returns 0,
+ * or 1 when the message is busy elsewhere or gone (job dropped). */
+static int job_begin(struct run *r, struct job *j)
+{
+	struct mstate *m = j->m;
+	const char *err = NULL;
+	pthread_mutex_lock(&m->mu);
+	if (m->busy) {
+		pthread_mutex_unlock(&m->mu);
+		return 1;
+	}
+	if (m->msg == NULL) {
+		int ret = q_msg_lock(r->spool, m->id, &m->msg, &err);
+		if (ret != 0) {
+			if (ret == Q_BUSY) {
+				m->busy = true;
+				stat_add(r, &r->st->skipped_busy, 1);
+				vlog(r, "%s busy (locked by another process): skipped", m->id);
+			} else if (ret < 0) {
+				q_log("%s cannot lock: %s", m->id, err);
+				vlog(r, "%s cannot lock: %s", m->id, err);
+				m->busy = true;
+			} else {
+				m->busy = true;  /* gone since the index was read */
+			}
+			m->msg = NULL;
+			pthread_mutex_unlock(&m->mu);
+			return 1;
+		}
+		struct q_env *env = q_msg_env(m->msg);
+		if ((env->flags & Q_ENV_FROZEN) && r->o->thaw)
+			(void)q_msg_set_frozen(m->msg, false, NULL, NULL);
+		if (!m->counted) {
+			m->counted = true;
+			stat_add(r, &r->st->messages, 1);
+		}
+	}
+	m->active++;
+	pthread_mutex_unlock(&m->mu);
+	return 0;
+}
+
+/* Note a recipient's result (m->mu held). */
+static void note_result(struct run *r, struct mstate *m, size_t idx, char state,
+			int code, const char *host, const char *text)
+{
+	const char *err = NULL;
+	if (q_msg_journal(m->msg, idx, state, code, host, text,
+			  Q_JOURNAL_NOSYNC, &err) < 0) {
+		q_log("%s journal: %s", m->id, err);
+		set_fatal(r, err);
+		return;
+	}
+	if (state == Q_RCPT_FAILED) {
+		size_t *v = realloc(m->failed, (m->nfailed + 1) * sizeof(*v));
+		if (v != NULL) {
+			m->failed = v;
+			m->failed[m->nfailed++] = idx;
+		}
+		stat_add(r, &r->st->failed, 1);
+	} else if (state == Q_RCPT_DELIVERED) {
+		stat_add(r, &r->st->delivered, 1);
+	} else {
+		stat_add(r, &r->st->deferred, 1);
+	}
+}
+
+static void note_next_try(struct mstate *m, time_t t)
+{
+	if (t > 0 && (m->next_try == 0 || t < m->next_try))
+		m->next_try = t;
+}
+
+/* A job is over: commit the message when it was its last job. */
+static void job_end(struct run *r, struct job *j)
+{
+	struct mstate *m = j->m;
+	const char *err = NULL;
+	pthread_mutex_lock(&m->mu);
+	m->active--;
+	m->jobs_left--;
+	if (m->msg != NULL && m->jobs_left == 0) {
+		struct q_env *env = q_msg_env(m->msg);
+		if (m->nfailed > 0 && !(env->flags & Q_ENV_BOUNCE)) {
+			char bid[Q_ID_LEN + 1] = "";
+			if (q_dsn_queue(r->spool, env, m->failed, m->nfailed,
+					r->conf->primary_hostname, bid, &err) < 0)
+				q_log("%s bounce not queued: %s", m->id, err);
+			else if (bid[0]) {
+				mlog(r, m->id, "<= bounce %s queued for %s", bid,
+				     env->sender);
+				stat_add(r, &r->st->bounces, 1);
+			}
+		}
+		bool done = q_env_pending(env) == 0;
+		if (q_msg_commit(m->msg, done ? 0 : m->next_try, &err) < 0) {
+			q_log("%s commit: %s", m->id, err);
+			vlog(r, "%s commit: %s", m->id, err);
+		} else if (done) {
+			mlog(r, m->id, "Completed");
+			stat_add(r, &r->st->completed, 1);
+		}
+		q_msg_unlock(&m->msg);
+	} else if (m->msg != NULL && m->active == 0) {
+		q_msg_unlock(&m->msg);   /* the journal keeps what was done */
+	}
+	pthread_mutex_unlock(&m->mu);
+	job_free(j);
+}
+
+/* A job whose message could not be locked (busy elsewhere, or gone). */
+static void job_drop(struct job *j)
+{
+	pthread_mutex_lock(&j->m->mu);
+	j->m->jobs_left--;
+	pthread_mutex_unlock(&j->m->mu);
+	job_free(j);
+}
+
+/* Is this job's recipient still pending in the envelope as locked now? */
+static bool still_pending(const struct q_env *env, const struct job *j, size_t k)
+{
+	size_t idx = j->rcpt[k];
+	return idx < env->nrcpt && env->rcpt[idx].state == Q_RCPT_PENDING &&
+	       strcmp(env->rcpt[idx].addr, j->addr[k]) == 0;
+}
+
+static void push_fallback(struct run *r, struct job *j, struct dest *from)
+{
+	struct dest *fb = r->fallback;
+	struct mstate *m = j->m;
+	pthread_mutex_lock(&r->mu);
+	struct job *fj = m->fbjob;
+	bool fresh = fj == NULL;
+	if (fresh) {
+		fj = calloc(1, sizeof(*fj));
+		if (fj == NULL) {
+			pthread_mutex_unlock(&r->mu);
+			return;
+		}
+		fj->m = m;
+		fj->primary = from;
+		m->fbjob = fj;
+	}
+	for (size_t k = 0; k < j->n; k++)
+		(void)job_add_rcpt(fj, j->rcpt[k], j->addr[k]);
+	if (fresh) {
+		pthread_mutex_lock(&m->mu);
+		m->jobs_left++;
+		pthread_mutex_unlock(&m->mu);
+		dest_push(fb, fj);
+	}
+	pthread_mutex_unlock(&r->mu);
+}
+
+/* May this destination's deferred recipients go to the fallback hosts?
+ * Not when the domain was routed by MX and a fallback host is one of the
+ * MX hosts (Exim's rule). */
+static bool fallback_allowed(struct run *r, const struct dest *d)
+{
+	if (r->fallback == NULL || d->fallback)
+		return false;
+	if (!d->mx)
+		return true;
+	for (size_t i = 0; i < r->fallback->hosts.n; i++)
+		for (size_t k = 0; k < d->hosts.n; k++)
+			if (strcasecmp(r->fallback->hosts.h[i].name,
+				       d->hosts.h[k].name) == 0)
+				return false;
+	return true;
+}
+
+/* Every recipient of j stays pending (or fails past the cutoff) because
+ * no host could take it. */
+static void job_defer_all(struct run *r, struct dest *d, struct job *j,
+			  const struct q_smtp_err *e, time_t next, bool expired)
+{
+	if (job_begin(r, j) != 0) {
+		job_drop(j);
+		return;
+	}
+	struct mstate *m = j->m;
+	struct q_env *env = q_msg_env(m->msg);
+	bool to_fallback = !expired && fallback_allowed(r, d) &&
+			   d->route_status == 0;
+	bool bounce = expired && (r->conf->delay_after_cutoff ||
+				  d->route_status == Q_ROUTE_PERMANENT);
+	if (d->route_status == Q_ROUTE_PERMANENT)
+		bounce = true;
+	const char *host = d->hosts.n ? d->hosts.h[0].name : d->route_domain;
+	pthread_mutex_lock(&m->mu);
+	for (size_t k = 0; k < j->n; k++) {
+		if (!still_pending(env, j, k))
+			continue;
+		if (bounce) {
+			note_result(r, m, j->rcpt[k], Q_RCPT_FAILED, e->code, host,
+				    e->text);
+			mlog(r, m->id, "** %s: %s%s", j->addr[k], e->text,
+			     d->route_status == Q_ROUTE_PERMANENT ? ""
+			     : " (retry timeout exceeded)");
+		} else {
+			note_result(r, m, j->rcpt[k], Q_RCPT_PENDING, e->code, host,
+				    e->text);
+			mlog(r, m->id, "== %s defer (%s): %s", j->addr[k], e->kind,
+			     e->text);
+		}
+	}
+	note_next_try(m, next);
+	pthread_mutex_unlock(&m->mu);
+	if (to_fallback) {
+		/* copy the still-pending recipients to the fallback job */
+		struct job tmp = {.m = m};
+		for (size_t k = 0; k < j->n; k++)
+			if (still_pending(env, j, k))
+				(void)job_add_rcpt(&tmp, j->rcpt[k], j->addr[k]);
+		if (tmp.n > 0)
+			push_fallback(r, &tmp, d);
+		for (size_t k = 0; k < tmp.n; k++)
+			free(tmp.addr[k]);
+		free(tmp.addr);
+		free(tmp.rcpt);
+	}
+	job_end(r, j);
+}
+
+struct conn_state {
+	struct q_smtp_conn *c;
+	const struct q_host *host;
+	char slot_host[256];
+	unsigned slot;
+	bool have_slot;
+};
+
+static void conn_close(struct worker *w, struct conn_state *cs)
+{
+	if (cs->c != NULL) {
+		sess_update(w, "quit", NULL, cs->c);
+		q_smtp_close(&cs->c);
+	}
+	if (cs->have_slot) {
+		(void)q_serialize_release(w->r->hints, cs->slot_host, cs->slot, NULL);
+		cs->have_slot = false;
+	}
+	sess_end(w);
+}
+
+static void fill_opts(struct run *r, const struct q_host *h, struct q_smtp_opts *o,
+		      char *cache_key, size_t cksize)
+{
+	const struct q_conf *cf = r->conf;
+	memset(o, 0, sizeof(*o));
+	o->helo_name = cf->primary_hostname;
+	o->connect_timeout = cf->connect_timeout;
+	o->command_timeout = cf->command_timeout;
+	o->data_timeout = cf->data_timeout;
+	o->final_timeout = cf->final_timeout;
+	o->bind_ip = cf->interface;
+	o->keepalive = cf->keepalive;
+	o->tls = r->tls;
+	o->avoid_tls = q_hostlist_match(&cf->hosts_avoid_tls, h->name, h->ip);
+	o->require_tls = q_hostlist_match(&cf->hosts_require_tls, h->name, h->ip);
+	o->verify = cf->tls_verify_certificates != NULL &&
+		    (cf->tls_verify_hosts.n == 0 ||
+		     q_hostlist_match(&cf->tls_verify_hosts, h->name, h->ip));
+	o->verify_name = h->name;
+	snprintf(cache_key, cksize, "%s:%s:%u", h->name, h->ip, h->port);
+	o->cache_key = cache_key;
+	o->size_addition = cf->size_addition;
+}
+
+/* Connect to the first usable IP of d. Returns 0 with cs->c, or -1 with
+ * *e, *next_r and *expired_r describing why no host could be used. */
+static int dest_connect(struct worker *w, struct dest *d, struct conn_state *cs,
+			struct q_smtp_err *e, time_t *next_r, bool *expired_r)
+{
+	struct run *r = w->r;
+	const struct q_conf *cf = r->conf;
+	unsigned max_try = cf->hosts_max_try ? cf->hosts_max_try : 5;
+	unsigned tried = 0;
+	bool all_expired = true, any_considered = false;
+	time_t next = 0;
+	struct q_buf key = {0};
+
+	memset(e, 0, sizeof(*e));
+	for (size_t i = 0; i < d->hosts.n && tried < max_try && !stopping(r); i++) {
+		const struct q_host *h = &d->hosts.h[i];
+		unsigned port = h->port ? h->port : cf->port;
+		struct q_retry_rec rec = {0};
+		q_buf_reset(&key);
+		if (q_retry_key_host(&key, h->name, h->ip, port,
+				     cf->retry_include_ip_address) < 0)
+			break;
+		int got = q_retry_get(r->hints, key.data, &rec, NULL);
+		any_considered = true;
+		if (got == 0 && !rec.expired)
+			all_expired = false;
+		if (got != 0)
+			all_expired = false;
+		if (got == 0 && !q_retry_due(&rec, r->now) && !r->o->force &&
+		    r->o->nids == 0) {
+			if (next == 0 || rec.next_try < next)
+				next = rec.next_try;
+			if (e->kind[0] == '\0') {
+				snprintf(e->kind, sizeof(e->kind), "%s", rec.kind);
+				snprintf(e->text, sizeof(e->text),
+					 "retry time not reached for %s [%s]: %s",
+					 h->name, h->ip, rec.text ? rec.text : rec.kind);
+			}
+			q_retry_rec_clear(&rec);
+			continue;    /* not counted towards hosts_max_try */
+		}
+		q_retry_rec_clear(&rec);
+
+		if (d->serialized &&
+		    q_hostlist_match(&cf->serialize_hosts, h->name, h->ip)) {
+			unsigned slot;
+			int sret = q_serialize_take(r->hints, h->name,
+						    d->limit ? d->limit : 1, time(NULL),
+						    NULL, &slot, NULL);
+			if (sret != 0) {
+				snprintf(e->kind, sizeof(e->kind), "serialized");
+				snprintf(e->text, sizeof(e->text),
+					 "%s: serialized, all %u connection slots in use",
+					 h->name, d->limit);
+				all_expired = false;
+				continue;
+			}
+			snprintf(cs->slot_host, sizeof(cs->slot_host), "%s", h->name);
+			cs->slot = slot;
+			cs->have_slot = true;
+		}
+
+		tried++;
+		struct q_smtp_opts o;
+		char ck[600];
+		fill_opts(r, h, &o, ck, sizeof(ck));
+		q_session_rec_clear(&w->sess);
+		w->sess.pid = (long)getpid();
+		w->sess.worker = w->num;
+		(void)q_boot_id(w->sess.boot_id, sizeof(w->sess.boot_id), NULL);
+		w->sess.host = strdup(h->name);
+		w->sess.ip = strdup(h->ip);
+		w->sess.port = port;
+		w->sess.started = time(NULL);
+		sess_update(w, "connect", NULL, NULL);
+
+		int ret = q_smtp_open(&o, h->ip, port, &cs->c, e);
+		if (ret < 0 && strcmp(e->kind, "tls_failed") == 0 && !o.require_tls) {
+			/* opportunistic TLS failed: the same host in clear */
+			vlog(r, "%s [%s]: TLS failed (%s); trying in clear", h->name,
+			     h->ip, e->text);
+			o.avoid_tls = true;
+			ret = q_smtp_open(&o, h->ip, port, &cs->c, e);
+		}
+		if (ret == 0) {
+			stat_add(r, &r->st->connections, 1);
+			if (q_smtp_tls_info(cs->c) != NULL) {
+				stat_add(r, &r->st->tls, 1);
+				if (q_smtp_tls_resumed(cs->c))
+					stat_add(r, &r->st->tls_resumed, 1);
+			}
+			vlog(r, "connected to %s [%s]:%u%s%s%s", h->name, h->ip, port,
+			     q_smtp_tls_info(cs->c) ? " TLS " : "",
+			     q_smtp_tls_info(cs->c) ? q_smtp_tls_info(cs->c) : "",
+			     q_smtp_tls_resumed(cs->c) ? " (resumed)" : "");
+			(void)q_retry_clear(r->hints, key.data, NULL);
+			cs->host = h;
+			sess_update(w, "idle", NULL, cs->c);
+			q_buf_free(&key);
+			return 0;
+		}
+		/* this IP failed: its own retry record */
+		struct q_retry_rec nrec = {0};
+		const char *dom = d->route_domain;
+		(void)q_retry_fail(r->hints, key.data,
+				   rule_for(r, h->name, dom, e->kind, e->code),
+				   cf->retry_interval_max, e->kind, e->code, e->err,
+				   e->text, r->now, &nrec, NULL);
+		q_log("%s [%s]:%u %s: %s", h->name, h->ip, port, e->kind, e->text);
+		vlog(r, "%s [%s]:%u failed (%s): %s", h->name, h->ip, port, e->kind,
+		     e->text);
+		if (!nrec.expired)
+			all_expired = false;
+		if (next == 0 || (nrec.next_try && nrec.next_try < next))
+			next = nrec.next_try;
+		q_retry_rec_clear(&nrec);
+		if (cs->have_slot) {
+			(void)q_serialize_release(r->hints, cs->slot_host, cs->slot, NULL);
+			cs->have_slot = false;
+		}
+		sess_end(w);
+	}
+	q_buf_free(&key);
+	if (e->kind[0] == '\0') {
+		snprintf(e->kind, sizeof(e->kind), "%s", stopping(r) ? "stopped" : "none");
+		snprintf(e->text, sizeof(e->text), "%s",
+			 stopping(r) ? "queue run stopped" : "no host could be tried");
+	}
+	*next_r = next;
+	*expired_r = any_considered && all_expired;
+	return -1;
+}
+
+enum send_result { SENT, REQUEUE, DROPPED };
+
+/* Send one job down an open connection and journal every result. */
+static enum send_result job_send(struct worker *w, struct conn_state *cs,
+				 struct job *j, bool rset)
+{
+	struct run *r = w->r;
+	struct mstate *m = j->m;
+	const struct q_host *h = cs->host;
+	struct q_env *env = q_msg_env(m->msg);
+	const char *rcpts[j->n ? j->n : 1];
+	size_t map[j->n ? j->n : 1];
+	size_t n = 0;
+
+	for (size_t k = 0; k < j->n; k++)
+		if (still_pending(env, j, k)) {
+			rcpts[n] = env->rcpt[j->rcpt[k]].addr;
+			map[n++] = j->rcpt[k];
+		}
+	if (n == 0)
+		return SENT;
+
+	char path[4096];
+	q_spool_path(r->spool, m->id, 'D', path, sizeof(path));
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat sb;
+	if (fd < 0 || fstat(fd, &sb) < 0) {
+		q_log("%s cannot read data %s: %s", m->id, path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return DROPPED;
+	}
+	int codes[n];
+	char *texts[n];
+	struct q_smtp_err e;
+	memset(&e, 0, sizeof(e));
+	for (size_t k = 0; k < n; k++) {
+		codes[k] = 0;
+		texts[k] = NULL;
+	}
+	sess_update(w, "mail", m->id, cs->c);
+	int ret = q_smtp_send(cs->c, rset, env->sender, rcpts, n, fd, sb.st_size,
+			      codes, texts, &e);
+	close(fd);
+
+	/* Nothing decided and the connection broke before the final dot went
+	 * out: the server cannot have accepted it. Send it again elsewhere. */
+	bool none = true;
+	for (size_t k = 0; k < n; k++)
+		if (codes[k] != 0)
+			none = false;
+	if (ret < 0 && none && !e.permanent && e.code == 0 &&
+	    !q_smtp_usable(cs->c) && strcmp(q_smtp_state(cs->c), "dot") != 0 &&
+	    j->requeued < MAX_REQUEUE) {
+		for (size_t k = 0; k < n; k++)
+			free(texts[k]);
+		vlog(r, "%s connection to %s lost before data (%s): again on a new "
+		     "connection", m->id, h->name, e.text);
+		return REQUEUE;
+	}
+
+	const char *tls = q_smtp_tls_info(cs->c);
+	pthread_mutex_lock(&m->mu);
+	for (size_t k = 0; k < n; k++) {
+		int code = codes[k];
+		const char *text = texts[k] ? texts[k] : e.text;
+		if (code >= 200 && code < 300) {
+			note_result(r, m, map[k], Q_RCPT_DELIVERED, code, h->name, text);
+			mlog(r, m->id, "=> %s H=%s [%s]%s%s C=\"%d %s\"", rcpts[k],
+			     h->name, h->ip, tls ? " X=" : "", tls ? tls : "", code,
+			     text);
+		} else if (code >= 500 || (code == 0 && e.permanent)) {
+			int c = code ? code : e.code;
+			note_result(r, m, map[k], Q_RCPT_FAILED, c, h->name, text);
+			mlog(r, m->id, "** %s H=%s [%s]: %d %s", rcpts[k], h->name,
+			     h->ip, c, text);
+		} else {
+			int c = code ? code : e.code;
+			/* a 4xx to the final dot or to DATA is the message's
+			   (data_4xx); one to RCPT is the address's */
+			const char *kind = code >= 400 && strncmp(e.kind, "data_", 5) != 0
+					   ? "rcpt_4xx" : e.kind;
+			note_result(r, m, map[k], Q_RCPT_PENDING, c, h->name, text);
+			mlog(r, m->id, "== %s H=%s [%s] defer (%s): %d %s", rcpts[k],
+			     h->name, h->ip, kind, c, text);
+			if (code >= 400) {
+				/* an address deferred by the host: its own key */
+				struct q_buf key = {0};
+				struct q_retry_rec nrec = {0};
+				if (q_retry_key_addr(&key, rcpts[k], m->id) == 0)
+					(void)q_retry_fail(r->hints, key.data,
+						rule_for(r, h->name, q_addr_domain(rcpts[k]),
+							 kind, code),
+						r->conf->retry_interval_max, kind,
+						code, 0, text, r->now, &nrec, NULL);
+				note_next_try(m, nrec.next_try);
+				q_retry_rec_clear(&nrec);
+				q_buf_free(&key);
+			} else {
+				note_next_try(m, r->now + 15 * 60);
+			}
+		}
+		free(texts[k]);
+	}
+	pthread_mutex_unlock(&m->mu);
+	sess_update(w, "idle", NULL, cs->c);
+	return SENT;
+}
+
+/* Serve one destination: open connections and send its jobs until none
+ * are left, the destination is found down, or the run stops. */
+static void serve(struct worker *w, struct dest *d)
+{
+	struct run *r = w->r;
+	struct conn_state cs = {0};
+	unsigned sent = 0;
+	unsigned batch_max = r->conf->batch_max;
+
+	for (;;) {
+		pthread_mutex_lock(&r->mu);
+		struct job *j = stopping(r) ? NULL : dest_pop(d);
+		bool down = d->down;
+		struct q_smtp_err derr = d->down_err;
+		time_t dnext = d->down_next;
+		bool dexp = d->down_expired;
+		pthread_mutex_unlock(&r->mu);
+		if (j == NULL)
+			break;
+
+		if (d->route_status != 0) {
+			struct q_smtp_err e = {0};
+			snprintf(e.kind, sizeof(e.kind), "lookup");
+			snprintf(e.text, sizeof(e.text), "%s: %s", d->route_domain,
+				 d->route_error ? d->route_error : "routing failed");
+			job_defer_all(r, d, j, &e, d->down_next, d->down_expired);
+			continue;
+		}
+		if (down) {
+			job_defer_all(r, d, j, &derr, dnext, dexp);
+			continue;
+		}
+		if (cs.c == NULL) {
+			struct q_smtp_err e;
+			time_t next = 0;
+			bool expired = false;
+			if (dest_connect(w, d, &cs, &e, &next, &expired) < 0) {
+				if (strcmp(e.kind, "stopped") == 0 ||
+				    strcmp(e.kind, "serialized") == 0) {
+					/* not the host's fault: leave the job
+					   for a later run, without a retry mark */
+					pthread_mutex_lock(&r->mu);
+					dest_push_front(d, j);
+					d->down = true;
+					d->down_err = e;
+					pthread_mutex_unlock(&r->mu);
+					if (strcmp(e.kind, "serialized") == 0)
+						continue;
+					break;
+				}
+				pthread_mutex_lock(&r->mu);
+				d->down = true;
+				d->down_err = e;
+				d->down_next = next;
+				d->down_expired = expired;
+				pthread_mutex_unlock(&r->mu);
+				job_defer_all(r, d, j, &e, next, expired);
+				continue;
+			}
+			sent = 0;
+		}
+		if (job_begin(r, j) != 0) {
+			job_drop(j);
+			continue;
+		}
+		enum send_result sr = job_send(w, &cs, j, sent > 0);
+		if (sr == REQUEUE) {
+			pthread_mutex_lock(&j->m->mu);
+			j->m->active--;
+			if (j->m->active == 0 && j->m->msg)
+				q_msg_unlock(&j->m->msg);
+			pthread_mutex_unlock(&j->m->mu);
+			j->requeued++;
+			pthread_mutex_lock(&r->mu);
+			dest_push_front(d, j);
+			pthread_mutex_unlock(&r->mu);
+			conn_close(w, &cs);
+			continue;
+		}
+		if (d->hosts.n > 0)
+			(void)q_wait_del(r->hints, d->hosts.h[0].name, j->m->id, NULL);
+		job_end(r, j);
+		sent++;
+		if (!q_smtp_usable(cs.c) || (batch_max != 0 && sent >= batch_max))
+			conn_close(w, &cs);
+	}
+	conn_close(w, &cs);
+}
+
+/* Pick the next destination to serve. Primary destinations first; the
+ * fallback destination only once no primary is left or being served. */
+static struct dest *pick(struct run *r)
+{
+	pthread_mutex_lock(&r->mu);
+	for (;;) {
+		if (stopping(r)) {
+			pthread_mutex_unlock(&r->mu);
+			return NULL;
+		}
+		struct dest *best = NULL;
+		bool waiting = false;
+		for (struct dest *d = r->dests; d; d = d->next) {
+			if (d->njobs == 0 || d->fallback)
+				continue;
+			if (d->down && d->limit && d->active >= d->limit)
+				continue; /* serialized elsewhere: next run */
+			if (d->limit && d->active >= d->limit) {
+				waiting = true;
+				continue;
+			}
+			if (d->down && d->route_status == 0 && d->active > 0)
+				continue;  /* its worker drains it */
+			if (best == NULL || (best->active > 0 && d->active == 0) ||
+			    (best->active == d->active && d->njobs > best->njobs))
+				best = d;
+		}
+		if (best == NULL && r->fallback && r->fallback->njobs > 0) {
+			if (r->working == 0)
+				best = r->fallback;
+			else
+				waiting = true;
+		}
+		if (best != NULL) {
+			best->active++;
+			if (!best->fallback)
+				r->working++;
+			pthread_mutex_unlock(&r->mu);
+			return best;
+		}
+		if (!waiting && r->working == 0) {
+			pthread_mutex_unlock(&r->mu);
+			return NULL;
+		}
+		if (!waiting && (r->fallback == NULL)) {
+			pthread_mutex_unlock(&r->mu);
+			return NULL;
+		}
+		pthread_cond_wait(&r->cv, &r->mu);
+	}
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	struct run *r = w->r;
+	struct dest *d;
+	while ((d = pick(r)) != NULL) {
+		serve(w, d);
+		pthread_mutex_lock(&r->mu);
+		d->active--;
+		if (!d->fallback)
+			r->working--;
+		pthread_cond_broadcast(&r->cv);
+		pthread_mutex_unlock(&r->mu);
+	}
+	return NULL;
+}
+
+/* ---- the run ---- */
+
+static void run_workers(struct run *r, unsigned nw)
+{
+	if (nw == 0)
+		nw = 1;
+	if (nw > 256)
+		nw = 256;
+	pthread_t *th = calloc(nw, sizeof(*th));
+	struct worker *ws = calloc(nw, sizeof(*ws));
+	unsigned started = 0;
+	if (th != NULL && ws != NULL && nw > 1) {
+		for (unsigned i = 0; i < nw; i++) {
+			ws[i].r = r;
+			ws[i].num = i;
+			if (pthread_create(&th[i], NULL, worker_main, &ws[i]) != 0)
+				break;
+			started++;
+		}
+	}
+	if (started == 0) {
+		struct worker one = {.r = r, .num = 0};
+		worker_main(&one);
+	}
+	for (unsigned i = 0; i < started; i++)
+		pthread_join(th[i], NULL);
+	free(th);
+	free(ws);
+}
+
+static void run_free(struct run *r)
+{
+	for (struct dest *d = r->dests, *dn; d; d = dn) {
+		dn = d->next;
+		for (struct job *j = d->head, *jn; j; j = jn) {
+			jn = j->next;
+			job_free(j);
+		}
+		q_route_free(&d->hosts);
+		free(d->sig);
+		free(d->route_error);
+		free(d->route_domain);
+		free(d);
+	}
+	for (struct domroute *dr = r->routes, *dn; dr; dr = dn) {
+		dn = dr->next;
+		free(dr->domain);
+		free(dr);
+	}
+	for (size_t i = 0; i < r->nmsgs; i++) {
+		struct mstate *m = r->msgs[i];
+		if (m->msg)
+			q_msg_unlock(&m->msg);
+		pthread_mutex_destroy(&m->mu);
+		free(m->failed);
+		free(m);
+	}
+	free(r->msgs);
+	for (size_t i = 0; i < r->ncands; i++)
+		free(r->cands[i].rcpts);
+	free(r->cands);
+	if (r->tls)
+		q_tls_ctx_free(&r->tls);
+	pthread_mutex_destroy(&r->mu);
+	pthread_cond_destroy(&r->cv);
+}
+
+int q_run(struct q_spool *spool, const struct q_conf *conf,
+	  const struct q_run_opts *o, struct q_run_stats *st,
+	  const char **error_r)
+{
+	struct run r;
+	struct timespec t0, t1;
+	int lockfd = -1;
+	int ret = 0;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	memset(&r, 0, sizeof(r));
+	memset(st, 0, sizeof(*st));
+	r.spool = spool;
+	r.conf = conf;
+	r.o = o;
+	r.st = st;
+	r.now = time(NULL);
+	pthread_mutex_init(&r.mu, NULL);
+	pthread_cond_init(&r.cv, NULL);
+
+	if (q_spool_hints(spool, &r.hints, error_r) < 0) {
+		run_free(&r);
+		return -1;
+	}
+	if (!o->no_run_lock) {
+		ret = run_lock(&r, &lockfd, error_r);
+		if (ret != 0) {
+			run_free(&r);
+			return ret;
+		}
+	}
+	struct q_tls_opts to = {
+		.ca = conf->tls_verify_certificates,
+		.cert = conf->tls_certificate,
+		.key = conf->tls_privatekey,
+	};
+	if (q_tls_ctx_new(&to, &r.tls, error_r) < 0) {
+		ret = -1;
+		goto out;
+	}
+
+	/* phase 1 */
+	if (q_spool_list(spool, collect, &r, error_r) < 0) {
+		ret = -1;
+		goto out;
+	}
+	if (conf->nfallback > 0) {
+		struct q_hostlist_r fl = {0};
+		const char *ferr = NULL;
+		if (q_route_fallback(conf, NULL, &fl, &ferr) == 0 && fl.n > 0) {
+			r.fallback = dest_for_hosts(&r, &fl, true);
+		} else {
+			q_route_free(&fl);
+			q_log("fallback_hosts cannot be resolved: %s",
+			      ferr ? ferr : "no address");
+		}
+	}
+	for (size_t i = 0; i < r.ncands; i++)
+		if (plan_msg(&r, &r.cands[i]) < 0) {
+			ret = q_err(error_r, "queue run: out of memory");
+			goto out;
+		}
+	plan_wait_hints(&r);
+	vlog(&r, "queue run: %zu messages due", r.ncands);
+
+	/* phase 2 */
+	run_workers(&r, o->parallel ? o->parallel : conf->remote_max_parallel);
+	(void)q_spool_sync(spool, NULL);
+	if (r.fatal) {
+		ret = q_err(error_r, "queue run stopped: %s", r.fatal_text);
+		goto out;
+	}
+out:
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	st->seconds = (double)(t1.tv_sec - t0.tv_sec) +
+		      (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+	run_free(&r);
+	if (lockfd >= 0)
+		close(lockfd);
+	return ret;
+}
