@@ -51,6 +51,11 @@ static int mk(struct q_spool *s, const char *sender, char id[Q_ID_LEN + 1])
 	return 0;
 }
 
+static bool starts_with_s(const char *s, const char *p)
+{
+	return strncmp(s, p, strlen(p)) == 0;
+}
+
 static bool exists(const char *path)
 {
 	struct stat st;
@@ -285,6 +290,89 @@ static void test_list_consistency(void)
 	q_spool_close(&s);
 }
 
+static bool listed(const struct coll *c, const char *id)
+{
+	for (size_t i = 0; i < c->n; i++)
+		if (strcmp(c->ids[i], id) == 0)
+			return true;
+	return false;
+}
+
+/* Directory stamps: an unchanged directory is not read again, and each
+ * guard (boot id, entry count, directory change) forces a read. */
+static void test_list_stamps(void)
+{
+	struct q_spool *s = new_spool();
+	char ids[6][Q_ID_LEN + 1], fake[Q_ID_LEN + 1], path[PATH_MAX];
+	struct q_hints *h = NULL;
+	struct q_index_rec r;
+	struct coll c = { 0 };
+	const char *err = NULL;
+	time_t made;
+	char *st;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+	CU_ASSERT_EQUAL_FATAL(q_spool_hints(s, &h, &err), 0);
+	unsetenv("QKIT_BOOT_ID");
+	for (int i = 0; i < 6; i++)
+		CU_ASSERT_EQUAL_FATAL(mk(s, "s@example.com", ids[i]), 0);
+	/* stamps are only taken on directories unchanged for 2 seconds */
+	made = time(NULL);
+	while (time(NULL) < made + 3)
+		usleep(50000);
+	list(s, &c);
+	CU_ASSERT_EQUAL(c.n, 6);
+	snprintf(path, sizeof(path), "%s/db/index-stamps", q_spool_dir(s));
+	st = t_read_file(path, NULL);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(st);
+	CU_ASSERT(starts_with_s(st, "qkit-index-stamps 1 "));
+	CU_ASSERT(strlen(st) > 4 && strcmp(st + strlen(st) - 4, "end\n") == 0);
+	free(st);
+
+	/* swap an entry for a fake one in the same directory behind the
+	 * listing's back (same count, no directory change): the fast path
+	 * trusts the index - the documented limit of the stamps */
+	memcpy(fake, ids[1], sizeof(fake));
+	memcpy(fake + 12, "zzzz", 4);
+	CU_ASSERT_EQUAL_FATAL(q_index_get(h, ids[1], &r, &err), 0);
+	memcpy(r.id, fake, sizeof(fake));
+	CU_ASSERT_EQUAL(q_index_put(h, &r, &err), 0);
+	q_index_rec_clear(&r);
+	CU_ASSERT_EQUAL(q_index_del(h, ids[1], &err), 0);
+	list(s, &c);
+	CU_ASSERT_TRUE(listed(&c, fake));
+	CU_ASSERT_FALSE(listed(&c, ids[1]));
+
+	/* another boot: nothing is trusted, the index is repaired */
+	setenv("QKIT_BOOT_ID", "another-boot", 1);
+	list(s, &c);
+	CU_ASSERT_EQUAL(c.n, 6);
+	CU_ASSERT_FALSE(listed(&c, fake));
+	CU_ASSERT_TRUE(listed(&c, ids[1]));
+	unsetenv("QKIT_BOOT_ID");
+	list(s, &c);
+	CU_ASSERT_EQUAL(c.n, 6);
+
+	/* an entry lost: the count differs, the directory is read */
+	CU_ASSERT_EQUAL(q_index_del(h, ids[2], &err), 0);
+	list(s, &c);
+	CU_ASSERT_EQUAL(c.n, 6);
+	CU_ASSERT_TRUE(listed(&c, ids[2]));
+
+	/* an -H removed behind the index's back changes the directory */
+	CU_ASSERT_EQUAL(unlink(q_spool_path(s, ids[3], 'H', path, sizeof(path))), 0);
+	list(s, &c);
+	CU_ASSERT_EQUAL(c.n, 5);
+	CU_ASSERT_FALSE(listed(&c, ids[3]));
+
+	/* a garbled stamps file is ignored */
+	snprintf(path, sizeof(path), "%s/db/index-stamps", q_spool_dir(s));
+	CU_ASSERT_EQUAL(t_write_file(path, "qkit-index-stamps 1 x\n0 1 2"), 0);
+	list(s, &c);
+	CU_ASSERT_EQUAL(c.n, 5);
+	q_spool_close(&s);
+}
+
 static int fail_fn(const struct q_index_rec *r, void *ctx)
 {
 	(void)r;
@@ -382,6 +470,7 @@ void suite_index(void)
 	CU_add_test(s, "record codec", test_codec);
 	CU_add_test(s, "record from envelope", test_from_env);
 	CU_add_test(s, "list consistency with the spool", test_list_consistency);
+	CU_add_test(s, "list: directory stamps and their guards", test_list_stamps);
 	CU_add_test(s, "list passes errors through", test_list_error_and_scan);
 	CU_add_test(s, "rebuild and leftovers", test_rebuild);
 	CU_add_test(s, "scan", test_scan);
