@@ -112,7 +112,8 @@ int q_index_rec_from_env(struct q_index_rec *r, const struct q_env *env,
 	}
 	if (first == NULL && env->nrcpt > 0)
 		first = env->rcpt[0].addr;
-	qsort(doms, ndom, sizeof(*doms), cmp_str);
+	if (ndom > 1)
+		qsort(doms, ndom, sizeof(*doms), cmp_str);
 	for (size_t i = 0; i < ndom; i++) {
 		if (i > 0 && strcmp(doms[i], doms[i - 1]) == 0)
 			continue;
@@ -317,7 +318,8 @@ static int scan_sorted(struct q_spool *s, struct idvec *iv,
 {
 	if (q_spool_scan(s, idvec_push, iv, error_r) < 0)
 		return q_err(error_r, "%s", q_err_last());
-	qsort(iv->v, iv->n, sizeof(*iv->v), cmp_id);
+	if (iv->n > 1)
+		qsort(iv->v, iv->n, sizeof(*iv->v), cmp_id);
 	return 0;
 }
 
@@ -709,7 +711,8 @@ int q_spool_list(struct q_spool *s, q_list_fn *fn, void *ctx,
 			stamps_changed = true;
 		}
 	}
-	qsort(scan.v, scan.n, sizeof(*scan.v), cmp_id);
+	if (scan.n > 1)
+		qsort(scan.v, scan.n, sizeof(*scan.v), cmp_id);
 
 	while (i < ix.n || j < scan.n) {
 		struct q_index_rec r;
