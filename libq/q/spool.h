@@ -10,7 +10,8 @@
  *   msglog/<id>        human-readable delivery history
  *   corrupt/           garbled -H files moved aside, with their -D/-J
  *   tmp/               files being written (never listed)
- *   db/                the hints environment (q/hints.h)
+ *   db/                the hints environment (q/hints.h), and
+ *                      db/index-stamps (the listing's directory stamps)
  *   log/mainlog
  * <c> is the last character of the id's microsecond field
  * (id[Q_ID_SPLIT_POS], see q_id.c), which spreads messages evenly.
@@ -121,7 +122,8 @@ Q_API int q_spool_read(struct q_spool *spool, const char *id,
 		       struct q_env **env_r, const char **error_r);
 
 /* Path of one of the message's files: kind is 'H', 'D' or 'J'; or 'L'
- * for msglog/<id>. Writes into buf. Returns buf. */
+ * for msglog/<id>. Writes into buf. Returns buf (an empty string when id
+ * is not a valid id or kind is unknown). */
 Q_API char *q_spool_path(const struct q_spool *spool, const char *id, char kind,
 			 char *buf, size_t size);
 
@@ -165,7 +167,9 @@ Q_API int q_msg_journal_sync(struct q_msg *msg, const char **error_r);
 /* Merge the journal into -H (write tmp, fsync, rename), remove -J, and
  * update the index entry (next_try is stored there; 0 = due now).
  * When no recipient is pending the message is removed from the spool
- * instead (and from the index). Returns 0 or -1. */
+ * instead: -H, then -D, then -J (after an fsync of the directory when
+ * there is a journal), then msglog/<id> and the index entry; the msg then
+ * only accepts q_msg_unlock. Returns 0 or -1. */
 Q_API int q_msg_commit(struct q_msg *msg, time_t next_try, const char **error_r);
 
 /* Freeze (reason may be NULL) or thaw; written at once (-H rewritten
@@ -173,8 +177,8 @@ Q_API int q_msg_commit(struct q_msg *msg, time_t next_try, const char **error_r)
 Q_API int q_msg_set_frozen(struct q_msg *msg, bool frozen, const char *reason,
 			   const char **error_r);
 
-/* Remove the message's files and its index entry, then unlock and free
- * *msg. */
+/* Remove the message's files (as q_msg_commit does), its msglog and its
+ * index entry, then unlock and free *msg (also when it fails). */
 Q_API int q_msg_remove(struct q_msg **msg, const char **error_r);
 
 /* Append a line "YYYY-MM-DD HH:MM:SS text" to msglog/<id>. */
@@ -211,8 +215,12 @@ Q_API int q_index_del(struct q_hints *h, const char *id, const char **error_r);
 /* Walk the queue in id (arrival) order. The index is checked against the
  * spool's directories: an index entry whose -H is gone is dropped (and
  * deleted from the index), and a message on the spool that the index
- * lacks is read from its -H and added. fn returns 0 to go on, 1 to stop,
- * -1 on error. The record passed to fn is valid during the call only. */
+ * lacks is read from its -H and added (a garbled -H is moved to corrupt/
+ * and skipped). A directory unchanged since a complete listing stamped
+ * it is not read again (see q_index.c). fn may lock, change or remove
+ * messages (no database cursor is open while it runs). fn returns 0 to
+ * go on, 1 to stop, -1 on error. The record passed to fn is valid during
+ * the call only. */
 typedef int q_list_fn(const struct q_index_rec *r, void *ctx);
 Q_API int q_spool_list(struct q_spool *spool, q_list_fn *fn, void *ctx,
 		       const char **error_r);
