@@ -39,7 +39,9 @@
  *   last line (no '\n'), which readers ignore and the next lock holder
  *   cuts off before it appends. Any other garbage in -H or -J makes the
  *   message corrupt: the error names PATH:LINE and the -H, -D and -J files
- *   are moved to corrupt/ (never deleted).
+ *   are moved to corrupt/ (never deleted). A reader without the lock reads
+ *   a garbled -J twice before it believes it (the lock holder may have
+ *   been cutting a torn line off while it read).
  * - Journal merge is not idempotent for `tries`: a crash between the
  *   rename of the new -H and the unlink of -J applies the journal twice,
  *   counting those attempts twice (states are final, so nothing is
@@ -1045,10 +1047,13 @@ struct jinfo {
 };
 
 #define R_CORRUPT 3   /* internal: garbled, moved aside (error set) */
+#define R_JBAD 4      /* internal: -J garbled, not moved yet */
 
-/* Read -H and apply -J. 0, Q_NOTFOUND, R_CORRUPT, or -1. */
-static int env_load(struct q_spool *s, int split, const char *id,
-		    struct q_env **env_r, struct jinfo *ji, const char **error_r)
+/* Read -H and apply -J. 0, Q_NOTFOUND, R_CORRUPT, R_JBAD (only when
+ * !move_jbad), or -1. */
+static int env_load_once(struct q_spool *s, int split, const char *id,
+			 struct q_env **env_r, struct jinfo *ji, bool move_jbad,
+			 const char **error_r)
 {
 	char name[Q_ID_LEN + 3], path[PATH_MAX];
 	struct q_buf b = { 0 };
@@ -1090,6 +1095,10 @@ static int env_load(struct q_spool *s, int split, const char *id,
 		r = q_err(error_r, "%s: out of memory", path);
 		goto fail;
 	}
+	if (r < 0 && !move_jbad) {
+		r = R_JBAD;
+		goto fail;
+	}
 	if (r < 0) {
 		move_corrupt(s, split, id, error_r);
 		r = R_CORRUPT;
@@ -1100,6 +1109,20 @@ fail:
 	q_env_free(env_r);
 out:
 	q_buf_free(&b);
+	return r;
+}
+
+/* env_load_once; without the lock, a garbled -J is read a second time
+ * before it is believed: the lock holder may have been cutting a torn
+ * line off and appending while we read (-H is never changed in place). */
+static int env_load(struct q_spool *s, int split, const char *id,
+		    struct q_env **env_r, struct jinfo *ji, bool locked,
+		    const char **error_r)
+{
+	int r = env_load_once(s, split, id, env_r, ji, locked, error_r);
+
+	if (r == R_JBAD)
+		r = env_load_once(s, split, id, env_r, ji, true, error_r);
 	return r;
 }
 
@@ -1118,7 +1141,7 @@ int q_spool_read(struct q_spool *s, const char *id, struct q_env **env_r,
 		return q_err(error_r, "open %s/input/%c: %s", s->dir,
 			     id[Q_ID_SPLIT_POS], strerror(errno));
 	}
-	r = env_load(s, split, id, env_r, NULL, error_r);
+	r = env_load(s, split, id, env_r, NULL, false, error_r);
 	return r == R_CORRUPT ? -1 : r;
 }
 
@@ -1350,7 +1373,7 @@ int q_msg_lock(struct q_spool *s, const char *id, struct q_msg **msg_r,
 		r = Q_NOTFOUND;
 		goto fail;
 	}
-	r = env_load(s, split, id, &m->env, &ji, error_r);
+	r = env_load(s, split, id, &m->env, &ji, true, error_r);
 	if (r == R_CORRUPT)
 		r = -1;
 	if (r != 0)
