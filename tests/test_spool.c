@@ -458,6 +458,7 @@ static void test_lock_busy(void)
 		if (q_spool_open(q_spool_dir(s), 0, &cs, &err) < 0)
 			_exit(10);
 		r = q_msg_lock(cs, id, &cm, &err);
+		q_spool_close(&cs);
 		_exit(r == Q_BUSY && cm == NULL ? 0 : 11);
 	}
 	CU_ASSERT_EQUAL(waitpid(pid, &st, 0), pid);
@@ -474,12 +475,15 @@ static void test_lock_busy(void)
 	if (pid == 0) {
 		struct q_spool *cs = NULL;
 		struct q_msg *cm = NULL;
+		int r;
 
 		if (q_spool_open(q_spool_dir(s), 0, &cs, &err) < 0)
 			_exit(10);
 		if (q_msg_lock(cs, id, &cm, &err) != 0)
 			_exit(11);
-		_exit(q_msg_remove(&cm, &err) == 0 && cm == NULL ? 0 : 12);
+		r = q_msg_remove(&cm, &err) == 0 && cm == NULL ? 0 : 12;
+		q_spool_close(&cs);   /* closes the hints cleanly */
+		_exit(r);
 	}
 	CU_ASSERT_EQUAL(waitpid(pid, &st, 0), pid);
 	CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
