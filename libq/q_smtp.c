@@ -1326,6 +1326,7 @@ static int send_data_sendfile(struct q_smtp_conn *c, int fd, off_t len,
 				  memory_order_relaxed);
 	if (spool_read(c, fd, tail, 2, len - 2, e) < 0)
 		return -1;
+	set_state(c, "dot");
 	if (tail[0] == '\r' && tail[1] == '\n')
 		return conn_write(c, ".\r\n", 3, now_ms() + c->data_ms, what, e);
 	return conn_write(c, "\r\n.\r\n", 5, now_ms() + c->data_ms, what, e);
@@ -1342,8 +1343,10 @@ static int send_data(struct q_smtp_conn *c, int fd, off_t len,
 	set_state(c, "data");
 	if (c->ssl == NULL && len > BLOCK_SIZE)
 		return send_data_sendfile(c, fd, len, e);
-	if (len == 0)
+	if (len == 0) {
+		set_state(c, "dot");
 		return conn_write(c, ".\r\n", 3, now_ms() + c->data_ms, what, e);
+	}
 	while (off < len) {
 		size_t n = (size_t)(len - off) > BLOCK_SIZE ? BLOCK_SIZE :
 			(size_t)(len - off);
@@ -1365,6 +1368,7 @@ static int send_data(struct q_smtp_conn *c, int fd, off_t len,
 			}
 			memcpy(c->dbuf + n, ".\r\n", 3);
 			n += 3;
+			set_state(c, "dot");   /* the block with the dot */
 		}
 		if (conn_write(c, c->dbuf, n, now_ms() + c->data_ms, what, e) < 0)
 			return -1;
@@ -1566,6 +1570,12 @@ int q_smtp_send(struct q_smtp_conn *c, bool rset, const char *sender,
 			if (c->reply.code != 354) {
 				if (mail_failed)
 					goto fail;
+				if (naccepted == 0) {
+					/* pipelined, every RCPT refused: each
+					 * recipient has its answer */
+					rc = 0;
+					goto out;
+				}
 				/* every accepted recipient gets the reply */
 				for (i = 0; i < n; i++) {
 					if (!code2(rcpt_codes[i]))
@@ -1619,7 +1629,10 @@ fail:
 	}
 	rc = -1;
 out:
-	set_state(c, "idle");
+	/* a broken connection keeps the state where it broke ("dot": the
+	 * final dot may have reached the server) */
+	if (!c->broken)
+		set_state(c, "idle");
 	q_buf_reset(&c->out);
 	return rc;
 }

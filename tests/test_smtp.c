@@ -175,12 +175,16 @@ struct srv {
 	bool tls;                /* can do the handshake */
 	int tls_max;             /* 0, or e.g. TLS1_2_VERSION */
 	bool want_client_cert;
+	bool stall_after_data;   /* read the data, never answer the dot */
+	const struct q_smtp_conn *watch; /* client state seen at a stall */
 	/* runtime */
 	int lfd, port, stop[2];
 	pthread_t th;
 	SSL_CTX *sctx;
 	/* records (read after srv_stop) */
 	int nconn, handshakes, resumed, client_certs, batches;
+	char sni[64];            /* server name sent by the client */
+	char stall_state[16];    /* q_smtp_state(watch) at the stall */
 	struct srv_cmd cmd[MAXCMD];
 	int ncmd;
 	struct q_buf got;        /* raw data of the last message, final dot
@@ -313,6 +317,9 @@ static void srv_conn(struct srv *s, int fd)
 			c->tls = k->ssl != NULL;
 		}
 		if (s->stall_on != NULL && verb_is(line, s->stall_on)) {
+			if (s->watch != NULL)
+				snprintf(s->stall_state, sizeof(s->stall_state),
+					 "%s", q_smtp_state(s->watch));
 			sc_drain(k);
 			goto out;
 		}
@@ -352,6 +359,11 @@ static void srv_conn(struct srv *s, int fd)
 			if (SSL_accept(k->ssl) != 1)
 				goto out;
 			s->handshakes++;
+			if (SSL_get_servername(k->ssl,
+					       TLSEXT_NAMETYPE_host_name) != NULL)
+				snprintf(s->sni, sizeof(s->sni), "%s",
+					 SSL_get_servername(k->ssl,
+						TLSEXT_NAMETYPE_host_name));
 			if (SSL_session_reused(k->ssl))
 				s->resumed++;
 			{
@@ -405,6 +417,14 @@ static void srv_conn(struct srv *s, int fd)
 					break;
 			}
 			s->nmsgs++;
+			if (s->stall_after_data) {
+				if (s->watch != NULL)
+					snprintf(s->stall_state,
+						 sizeof(s->stall_state), "%s",
+						 q_smtp_state(s->watch));
+				sc_drain(k);
+				goto out;
+			}
 			reply = s->dot;
 		} else if (verb_is(line, "RSET") || verb_is(line, "NOOP")) {
 			reply = "250 2.0.0 ok\r\n";
@@ -1008,6 +1028,36 @@ static void test_all_rcpt_refused(void)
 		CU_ASSERT_EQUAL(s->nmsgs, pipe ? 2 : 1);
 		srv_free(s);
 	}
+	/* pipelined, every RCPT refused, DATA refused as a real server
+	 * does: 0, each recipient has its RCPT reply */
+	{
+		struct srv *s = srv_new();
+		struct q_smtp_opts o = opts();
+		struct q_smtp_conn *c = NULL;
+		struct q_smtp_err e;
+		const char *r[] = { "c550-a@example.net", "c452-b@example.net" };
+		int codes[2], fd;
+		char *texts[2];
+
+		s->data = "554 5.5.1 no valid recipients\r\n";
+		CU_ASSERT_FATAL(srv_start(s) == 0);
+		CU_ASSERT_FATAL(q_smtp_open(&o, "127.0.0.1",
+					    (unsigned)s->port, &c, &e) == 0);
+		fd = msg_fd(MSG, sizeof(MSG) - 1);
+		CU_ASSERT_EQUAL(q_smtp_send(c, false, "a@example.org", r, 2, fd,
+					    (off_t)sizeof(MSG) - 1, codes, texts,
+					    &e), 0);
+		CU_ASSERT_EQUAL(codes[0], 550);
+		CU_ASSERT_EQUAL(codes[1], 452);
+		CU_ASSERT(texts[1] != NULL && strcmp(texts[1], "rcpt 452") == 0);
+		free_texts(texts, 2);
+		CU_ASSERT(q_smtp_usable(c));
+		close(fd);
+		q_smtp_close(&c);
+		srv_stop(s);
+		CU_ASSERT_EQUAL(count_cmd(s, "DATA"), 1);
+		srv_free(s);
+	}
 }
 
 /* DATA refused: accepted recipients get its reply; usable; next one
@@ -1186,6 +1236,8 @@ static void test_disconnect_mid_data(void)
 		CU_ASSERT_EQUAL(q_smtp_send(c, false, "a@example.org", r, 2, fd,
 					    (off_t)len, codes, texts, &e), -1);
 		CU_ASSERT_STRING_EQUAL(e.kind, "lost_connection");
+		CU_ASSERT(strcmp(q_smtp_state(c), "data") == 0 ||
+			  strcmp(q_smtp_state(c), "dot") == 0);
 		CU_ASSERT_EQUAL(codes[0], 0);
 		CU_ASSERT_EQUAL(codes[1], 550);   /* decided at RCPT */
 		CU_ASSERT_PTR_NULL(texts[0]);
@@ -1210,7 +1262,11 @@ static void test_timeouts(void)
 {
 	int mode;
 
-	for (mode = 0; mode < 4; mode++) {
+	/* the client's state as the server saw it while stalling */
+	static const char *const want_state[] = { "mail", "", "", "data",
+						  "rcpt", "dot", "rset" };
+
+	for (mode = 0; mode < 7; mode++) {
 		struct srv *s = srv_new();
 		struct q_smtp_opts o = opts();
 		struct q_smtp_conn *c = NULL;
@@ -1226,9 +1282,16 @@ static void test_timeouts(void)
 			s->trickle_on = "MAIL";
 		else if (mode == 2)
 			s->trickle_on = "EHLO";
-		else
+		else if (mode == 3)
 			s->stall_on = "DATA";
-		s->ehlo = mode == 3 ? EHLO_PLAIN : EHLO_PIPE;
+		else if (mode == 4)
+			s->stall_on = "RCPT";
+		else if (mode == 5)
+			s->stall_after_data = true;
+		else
+			s->stall_on = "RSET";
+		s->ehlo = mode == 3 || mode == 4 || mode == 6 ? EHLO_PLAIN :
+			EHLO_PIPE;
 		CU_ASSERT_FATAL(srv_start(s) == 0);
 		t0 = now_s();
 		rc = q_smtp_open(&o, "127.0.0.1", (unsigned)s->port, &c, &e);
@@ -1239,14 +1302,20 @@ static void test_timeouts(void)
 			CU_ASSERT(dt >= 0.9 && dt < 5.0);
 		} else {
 			CU_ASSERT_FATAL(rc == 0);
+			s->watch = c;
 			fd = msg_fd(MSG, sizeof(MSG) - 1);
 			t0 = now_s();
-			CU_ASSERT_EQUAL(q_smtp_send(c, false, "a@example.org", r,
-						    1, fd, (off_t)sizeof(MSG) - 1,
+			CU_ASSERT_EQUAL(q_smtp_send(c, mode == 6, "a@example.org",
+						    r, 1, fd,
+						    (off_t)sizeof(MSG) - 1,
 						    codes, texts, &e), -1);
 			dt = now_s() - t0;
 			CU_ASSERT_STRING_EQUAL(e.kind, "timeout");
 			CU_ASSERT(dt >= 0.9 && dt < 5.0);
+			/* the state stays where the dialogue broke */
+			CU_ASSERT_STRING_EQUAL(q_smtp_state(c),
+					       mode == 1 ? "mail" :
+					       want_state[mode]);
 			CU_ASSERT(!q_smtp_usable(c));
 			CU_ASSERT_EQUAL(codes[0], 0);
 			free_texts(texts, 1);
@@ -1257,6 +1326,10 @@ static void test_timeouts(void)
 		}
 		srv_stop(s);
 		CU_ASSERT_EQUAL(count_cmd(s, "QUIT"), 0);
+		CU_ASSERT_STRING_EQUAL(s->stall_state, want_state[mode]);
+		if (strcmp(s->stall_state, want_state[mode]) != 0)
+			fprintf(stderr, "\nstall mode %d: state '%s'\n", mode,
+				s->stall_state);
 		srv_free(s);
 	}
 }
@@ -1301,6 +1374,9 @@ static void test_421(void)
 					       mode == 1 ? "rcpt_4xx" :
 					       "data_4xx");
 			CU_ASSERT(!q_smtp_usable(c));
+			CU_ASSERT_STRING_EQUAL(q_smtp_state(c), mode == 0 ?
+					       "mail" : mode == 1 ? "rcpt" :
+					       "data");
 			CU_ASSERT_EQUAL(codes[0], mode == 3 ? 421 : 0);
 			if (mode == 1) {
 				CU_ASSERT_EQUAL(codes[1], 0);
@@ -1336,6 +1412,7 @@ static void test_malformed(void)
 	CU_ASSERT_EQUAL(q_smtp_send(c, false, "a@example.org", r, 1, fd,
 				    (off_t)sizeof(MSG) - 1, codes, texts, &e), -1);
 	CU_ASSERT_STRING_EQUAL(e.kind, "protocol");
+	CU_ASSERT_STRING_EQUAL(q_smtp_state(c), "mail");
 	CU_ASSERT(strstr(e.text, "mixed") != NULL);
 	CU_ASSERT(!q_smtp_usable(c));
 	CU_ASSERT_EQUAL(codes[0], 0);
@@ -1434,6 +1511,7 @@ static void test_starttls(void)
 	q_smtp_close(&c);
 	srv_stop(s);
 	CU_ASSERT_EQUAL(s->handshakes, 1);
+	CU_ASSERT_STRING_EQUAL(s->sni, "mx.test.example");
 	for (i = 0; i < s->ncmd; i++)
 		if (verb_is(s->cmd[i].line, "EHLO"))
 			(*(s->cmd[i].tls ? &tls_ehlo : &clear_ehlo))++;

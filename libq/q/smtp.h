@@ -180,7 +180,11 @@ Q_API int q_smtp_send(struct q_smtp_conn *c, bool rset, const char *sender,
 /* The session state for live-session display: "banner", "ehlo",
  * "starttls", "mail", "rcpt", "data", "dot", "rset", "quit", "idle".
  * (added) A static string; may be read from another thread while the
- * owner is inside q_smtp_send (as may q_smtp_bytes_out). */
+ * owner is inside q_smtp_send (as may q_smtp_bytes_out). After a
+ * q_smtp_send that broke the connection it stays where the dialogue
+ * broke: "dot" is set before the block that carries the final dot is
+ * written, so any state but "dot" means the server cannot have accepted
+ * the message. */
 Q_API const char *q_smtp_state(const struct q_smtp_conn *c);
 /* Can another transaction go down this connection? */
 Q_API bool q_smtp_usable(const struct q_smtp_conn *c);
