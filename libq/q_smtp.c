@@ -50,7 +50,15 @@
  * common servers; a rejected one costs a full handshake, nothing else).
  *
  * Diagnostics: struct q_smtp_err (kinds in q/smtp.h). Server text is
- * copied raw; callers escape it for terminals.
+ * copied raw; callers escape it for terminals. After a failure that
+ * broke the connection, q_smtp_state() stays at the phase that failed;
+ * "dot" is entered before the block carrying the final dot is written.
+ *
+ * Not done / weak: BODY=8BITMIME is never sent (the data is not
+ * scanned); CHUNKING is parsed but BDAT is not used; no AUTH; DANE and
+ * MTA-STS are the caller's business. Extensions are matched against a
+ * fixed keyword list (O(lines x 7) per EHLO). TLS 1.3 tickets are reused
+ * by parallel connections to the same key rather than used once.
  *
  * Cost per message (plain, pipelined): one send for the command group,
  * one or two poll+recv for its replies, one pread and one send for a
@@ -283,6 +291,7 @@ int q_tls_ctx_new(const struct q_tls_opts *o, struct q_tls_ctx **ctx_r,
 				       SSL_SESS_CACHE_NO_INTERNAL_STORE);
 	SSL_CTX_sess_set_new_cb(t->ssl_ctx, new_session_cb);
 	SSL_CTX_set_verify(t->ssl_ctx, SSL_VERIFY_NONE, NULL);
+	SSL_CTX_set_options(t->ssl_ctx, SSL_OP_NO_RENEGOTIATION);
 
 	if (o != NULL && o->ca != NULL) {
 		struct stat st;

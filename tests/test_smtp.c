@@ -184,6 +184,7 @@ struct srv {
 	/* records (read after srv_stop) */
 	int nconn, handshakes, resumed, client_certs, batches;
 	char sni[64];            /* server name sent by the client */
+	char peer[64];           /* client address of the last connection */
 	char stall_state[16];    /* q_smtp_state(watch) at the stall */
 	struct srv_cmd cmd[MAXCMD];
 	int ncmd;
@@ -474,9 +475,13 @@ static void *srv_main(void *arg)
 		}
 		if (p[1].revents != 0)
 			break;
-		fd = accept(s->lfd, NULL, NULL);
+		struct sockaddr_in pa;
+		socklen_t pl = sizeof(pa);
+
+		fd = accept(s->lfd, (struct sockaddr *)&pa, &pl);
 		if (fd < 0)
 			continue;
+		inet_ntop(AF_INET, &pa.sin_addr, s->peer, sizeof(s->peer));
 		srv_conn(s, fd);
 		close(fd);
 	}
@@ -1447,7 +1452,62 @@ static void test_connect_errors(void)
 	struct q_smtp_conn *c = NULL;
 	struct q_smtp_err e;
 	struct srv *s = srv_new();
-	int port;
+	int port, lfd, fill[4], i;
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	socklen_t al = sizeof(a);
+	double t0, dt;
+
+	/* the source address: bind_ip */
+	CU_ASSERT_FATAL(srv_start(s) == 0);
+	o.bind_ip = "127.0.0.2";
+	CU_ASSERT_FATAL(q_smtp_open(&o, "127.0.0.1", (unsigned)s->port, &c,
+				    &e) == 0);
+	q_smtp_close(&c);
+	o.bind_ip = "::1";     /* other family: ignored, as Exim does */
+	CU_ASSERT_FATAL(q_smtp_open(&o, "127.0.0.1", (unsigned)s->port, &c,
+				    &e) == 0);
+	q_smtp_close(&c);
+	srv_stop(s);
+	CU_ASSERT_STRING_EQUAL(s->peer, "127.0.0.1");
+	CU_ASSERT_EQUAL(s->nconn, 2);
+	srv_free(s);
+	s = srv_new();
+	o.bind_ip = "127.0.0.2";
+	CU_ASSERT_FATAL(srv_start(s) == 0);
+	CU_ASSERT_FATAL(q_smtp_open(&o, "127.0.0.1", (unsigned)s->port, &c,
+				    &e) == 0);
+	q_smtp_close(&c);
+	srv_stop(s);
+	CU_ASSERT_STRING_EQUAL(s->peer, "127.0.0.2");
+	srv_free(s);
+	o.bind_ip = "127.0.0.1";
+
+	/* connect_timeout: a listener whose accept queue is full drops
+	 * further SYNs, so the connect never completes */
+	lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	CU_ASSERT_FATAL(lfd >= 0 && bind(lfd, (struct sockaddr *)&a,
+					 sizeof(a)) == 0 &&
+			listen(lfd, 0) == 0 &&
+			getsockname(lfd, (struct sockaddr *)&a, &al) == 0);
+	for (i = 0; i < 4; i++) {
+		fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK |
+				 SOCK_CLOEXEC, 0);
+		connect(fill[i], (struct sockaddr *)&a, sizeof(a));
+	}
+	usleep(100000);
+	o.connect_timeout = 1;
+	t0 = now_s();
+	CU_ASSERT_EQUAL(q_smtp_open(&o, "127.0.0.1", ntohs(a.sin_port), &c,
+				    &e), -1);
+	dt = now_s() - t0;
+	CU_ASSERT_STRING_EQUAL(e.kind, "timeout_connect");
+	CU_ASSERT(dt >= 0.9 && dt < 5.0);
+	for (i = 0; i < 4; i++)
+		close(fill[i]);
+	close(lfd);
+	o.connect_timeout = 2;
+	s = srv_new();
 
 	/* a port nobody listens on (the server's, after it stopped) */
 	CU_ASSERT_FATAL(srv_start(s) == 0);
@@ -1788,7 +1848,8 @@ void suite_smtp(void)
 	CU_add_test(s, "stall and trickle time out", test_timeouts);
 	CU_add_test(s, "421 ends the connection", test_421);
 	CU_add_test(s, "malformed reply, smuggled command", test_malformed);
-	CU_add_test(s, "connect errors", test_connect_errors);
+	CU_add_test(s, "bind_ip, connect errors and timeout",
+		    test_connect_errors);
 	CU_add_test(s, "STARTTLS, info, EHLO again", test_starttls);
 	CU_add_test(s, "TLS session resumption", test_resumption);
 	CU_add_test(s, "certificate verification", test_verify);
