@@ -185,6 +185,7 @@ struct srv {
 	int nconn, handshakes, resumed, client_certs, batches;
 	char sni[64];            /* server name sent by the client */
 	char peer[64];           /* client address of the last connection */
+	int nrcpt;               /* RCPT commands received (all of them) */
 	char stall_state[16];    /* q_smtp_state(watch) at the stall */
 	struct srv_cmd cmd[MAXCMD];
 	int ncmd;
@@ -381,6 +382,8 @@ static void srv_conn(struct srv *s, int fd)
 		} else if (verb_is(line, "RCPT")) {
 			/* <cNNN-...@...> answers NNN, anything else 250 */
 			const char *a = strchr(line, '<');
+
+			s->nrcpt++;
 
 			if (a != NULL && a[1] == 'c' && a[2] >= '2' &&
 			    a[2] <= '5' && a[5] == '-') {
@@ -866,6 +869,53 @@ static void test_pipelined(void)
 static void test_pipelined_tls(void)
 {
 	run_pipelined(true);
+}
+
+/* A group too long for one write (2000 recipients, ~70 KB) goes out
+ * in several pipelined writes, each answered before the next. */
+static void test_long_group(void)
+{
+	struct srv *s = srv_new();
+	struct q_smtp_opts o = opts();
+	struct q_smtp_conn *c = NULL;
+	struct q_smtp_err e;
+	enum { N = 2000 };
+	char (*addr)[40] = malloc(N * sizeof(*addr));
+	const char **r = malloc(N * sizeof(*r));
+	int *codes = malloc(N * sizeof(int)), fd;
+	char **texts = malloc(N * sizeof(char *));
+	size_t i, good = 0;
+
+	CU_ASSERT_FATAL(addr != NULL && r != NULL && codes != NULL &&
+			texts != NULL);
+	for (i = 0; i < N; i++) {
+		snprintf(addr[i], sizeof(addr[i]), "%s%zu@example.net",
+			 i % 100 == 7 ? "c452-" : "rcpt-number-", i);
+		r[i] = addr[i];
+	}
+	CU_ASSERT_FATAL(srv_start(s) == 0);
+	CU_ASSERT_FATAL(q_smtp_open(&o, "127.0.0.1", (unsigned)s->port, &c,
+				    &e) == 0);
+	fd = msg_fd(MSG, sizeof(MSG) - 1);
+	CU_ASSERT_EQUAL(q_smtp_send(c, false, "a@example.org", r, N, fd,
+				    (off_t)sizeof(MSG) - 1, codes, texts, &e), 0);
+	for (i = 0; i < N; i++)
+		if (codes[i] == (i % 100 == 7 ? 452 : 250))
+			good++;
+	CU_ASSERT_EQUAL(good, N);
+	free_texts(texts, N);
+	close(fd);
+	q_smtp_close(&c);
+	srv_stop(s);
+	CU_ASSERT_EQUAL(s->nrcpt, N);
+	CU_ASSERT_EQUAL(s->nmsgs, 1);
+	/* more than one write, fewer than one per command */
+	CU_ASSERT(s->batches > 4 && s->batches < 100);
+	srv_free(s);
+	free(addr);
+	free(r);
+	free(codes);
+	free(texts);
 }
 
 /* Without PIPELINING: one command per read, in order; stop early. */
@@ -1837,6 +1887,7 @@ void suite_smtp(void)
 	CU_add_test(s, "HELO fallback, EHLO 4xx", test_helo_fallback);
 	CU_add_test(s, "pipelined group in one read", test_pipelined);
 	CU_add_test(s, "pipelined group in one TLS record", test_pipelined_tls);
+	CU_add_test(s, "long pipelined group in pieces", test_long_group);
 	CU_add_test(s, "no pipelining: one by one", test_no_pipelining);
 	CU_add_test(s, "MAIL refused", test_mail_refused);
 	CU_add_test(s, "RCPT 250/450/550 mixed", test_mixed_rcpt);
