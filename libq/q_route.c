@@ -369,8 +369,8 @@ static struct hf *hf_get(const char *path, const char **error_r)
 	struct stat st;
 	struct hf *f = NULL;
 	size_t i, slot = HF_SLOTS;
-	char *text;
-	size_t len;
+	char *text = NULL;
+	size_t len = 0;
 
 	if (stat(path, &st) != 0) {
 		q_err(error_r, "hosts_file %s: %s", path, strerror(errno));
