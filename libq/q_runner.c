@@ -1053,13 +1053,16 @@ static enum send_result job_send(struct worker *w, struct conn_state *cs,
 			      codes, texts, &e);
 	close(fd);
 
-	/* Nothing decided and the connection broke before the final dot went
-	 * out: the server cannot have accepted it. Send it again elsewhere. */
+	/* Nothing decided and the connection broke (or RSET was refused, as
+	 * an idle server does between messages) before the final dot went
+	 * out: the server cannot have accepted it. Send it again on a new
+	 * connection. */
 	bool none = true;
 	for (size_t k = 0; k < n; k++)
 		if (codes[k] != 0)
 			none = false;
-	if (ret < 0 && none && !e.permanent && e.code == 0 &&
+	if (ret < 0 && none && !e.permanent &&
+	    (e.code == 0 || strcmp(e.kind, "rset") == 0) &&
 	    !q_smtp_usable(cs->c) && strcmp(q_smtp_state(cs->c), "dot") != 0 &&
 	    j->requeued < MAX_REQUEUE) {
 		for (size_t k = 0; k < n; k++)
