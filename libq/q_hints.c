@@ -1,0 +1,1780 @@
+/*
+ * q_hints.c - the hints databases: one Berkeley DB transactional data
+ * store under <spool>/db, shared by the threads of a process and by
+ * concurrent processes; the generic operations on its btrees, the wait
+ * lists, and the record codec (q_rec_*).  The only file of qkit that
+ * includes db.h.
+ *
+ * Environment.  DB_INIT_TXN|LOCK|LOG|MPOOL, DB_THREAD, DB_REGISTER and
+ * DB_RECOVER; commits do not fsync (DB_TXN_WRITE_NOSYNC: a process crash
+ * loses nothing, a system crash may lose the last hints, which can be
+ * rebuilt); logs are removed automatically once a checkpoint covers them
+ * (checkpoints: every 128 writes if 1 MB of log accumulated, and when a
+ * writer closes if 256 KB did).  Every database file carries page
+ * checksums (DB_CHKSUM), so a garbage page is reported, never followed.
+ * Berkeley DB's own messages go to a per-thread buffer that is appended
+ * to our error texts; nothing is printed.
+ *
+ * One DB_ENV per directory per process.  DB_REGISTER allows a process a
+ * single environment handle, so the environments live in a process-wide
+ * table keyed by (real path, pid); q_hints_open on a directory that is
+ * already open shares its DB_ENV (reference count) and its DB handles.
+ * A forked child never touches its parent's handles: it opens its own.
+ *
+ * Two flock(2) locks guard the environment (Berkeley DB's region files
+ * are trusted memory: garbage in __db.00N makes it crash or spin):
+ *   open lock: LOCK_EX on the directory itself while a process opens,
+ *     recovers or moves the environment aside (openers are serialised);
+ *   use lock: LOCK_SH on <dir>/qkit.lock while a process has the
+ *     environment open.
+ * An opener that can take the use lock exclusively is alone: it deletes
+ * the region files before opening, so regions are always created afresh
+ * by the first user (never trusted from disk), and Berkeley DB's register
+ * still decides whether recovery is needed (a process died holding the
+ * environment).  Openers that are not alone join the live regions.
+ *
+ * Invariants.
+ *  - Every Berkeley DB call on an environment runs under its rwlock in
+ *    read mode; reopen, truncate and close take it in write mode.  No
+ *    lock of ours or of Berkeley DB is held while a caller's callback
+ *    runs (q_hints_iter copies a chunk with a bulk read, closes its
+ *    cursor, then calls back), so callbacks may write to the database.
+ *  - Every writer closes its DB handles with a sync before it leaves, so
+ *    the data files are complete whenever no registered process is alive
+ *    (which is when the regions are thrown away).  Read-only users close
+ *    without syncing.
+ *  - Deadlocks (DB_LOCK_DEADLOCK, DB_LOCK_NOTGRANTED) abort and retry, at
+ *    most Q_HINTS_TRIES times with a short randomised backoff.
+ *  - DB_RUNRECOVERY during an operation (another process ran recovery,
+ *    or a page failed its checksum) closes and reopens the environment
+ *    and retries; an update whose commit itself failed is not retried
+ *    (it may have been applied).  A second real panic right after the
+ *    reopen is corruption: the directory is moved aside (as below) and
+ *    the operation fails with a text saying so.
+ *  - Corruption: when the environment cannot be opened even with
+ *    recovery (twice DB_RUNRECOVERY), or a database file fails to open
+ *    (EINVAL "not a database", checksum, DB_VERIFY_BAD, DB_PAGE_NOTFOUND,
+ *    old or foreign version), the directory is renamed to
+ *    <dir>.corrupt-<unix time>[-N] and created afresh; q_hints_open says
+ *    so through *notice_r.  At most one move per open.
+ *
+ * Weak spots (honest list).
+ *  - Other processes that still have the moved-aside environment open
+ *    keep using it until they reopen (a panic, or their next start).
+ *  - Berkeley DB tools (db_stat, db_dump) run by hand do not take the
+ *    use lock; an opener may then think it is alone and throw away the
+ *    regions under them.
+ *  - q_hints_count is O(1) for btrees with record numbers (every database
+ *    but wait) and O(pairs) for wait (a bulk walk).
+ *  - q_hints_iter sees a key added or deleted by others during the walk
+ *    or not, depending on whether the walk had passed it.
+ */
+#include "config.h"
+#include "q_private.h"
+#include "q/hints.h"
+#include "q/addr.h"
+
+#include <db.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <dirent.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define Q_HINTS_TRIES      100          /* deadlock retries per operation */
+#define Q_HINTS_REOPENS    3            /* reopens per operation */
+#define Q_HINTS_CACHE      (16u << 20)  /* mpool cache */
+#define Q_HINTS_LOG_MAX    (1u << 20)   /* log file size */
+#define Q_HINTS_CKP_EVERY  128          /* writes between checkpoint checks */
+#define Q_HINTS_CKP_KB     1024         /* ... checkpoint when this much log */
+#define Q_HINTS_CLOSE_CKP_KB 256        /* at close of a writer */
+#define Q_HINTS_BULK       (256u << 10) /* first bulk buffer of a walk */
+#define Q_HINTS_LOCKS      20000        /* lock table: truncate of big dbs */
+#define Q_TRANSPORT_MAX    32
+#define Q_REC_STR_MAX      (1u << 20)   /* longest string in a record */
+
+/* Internal codes next to Berkeley DB's (which are in -30999..-30800). */
+#define HINTS_NOT_OPEN     (-40001)
+#define HINTS_ENOMEM       (-40002)
+#define HINTS_ABORTED      (-40003)     /* an update callback returned -1 */
+
+static const char use_lock_name[] = "qkit.lock";
+
+/* q_hints_open's notice (per thread, until the next open). */
+static _Thread_local char notice_buf[1200];
+
+/* ------------------------------------------------------------------ */
+/* Berkeley DB's messages: kept per thread, appended to our texts */
+
+static _Thread_local char db_msg[512];
+
+static void db_msg_clear(void)
+{
+	db_msg[0] = '\0';
+}
+
+static void db_msg_add(const char *msg)
+{
+	size_t have = strlen(db_msg);
+
+	if (msg == NULL || have + 8 >= sizeof(db_msg))
+		return;
+	snprintf(db_msg + have, sizeof(db_msg) - have, "%s%s",
+		 have > 0 ? "; " : "", msg);
+}
+
+static void env_errcall(const DB_ENV *env, const char *pfx, const char *msg)
+{
+	(void)env;
+	(void)pfx;
+	db_msg_add(msg);
+}
+
+static void env_msgcall(const DB_ENV *env, const char *msg)
+{
+	(void)env;
+	db_msg_add(msg);
+}
+
+/* Append up to 80 bytes of key to b, escaped. */
+static void key_show(char *buf, size_t size, const void *key, size_t klen)
+{
+	const unsigned char *k = key;
+	size_t i, o = 0;
+
+	if (size == 0)
+		return;
+	for (i = 0; i < klen && o + 6 < size; i++) {
+		if (i == 80) {
+			o += (size_t)snprintf(buf + o, size - o, "...");
+			break;
+		}
+		if (k[i] >= 0x20 && k[i] < 0x7f && k[i] != '\\')
+			buf[o++] = (char)k[i];
+		else
+			o += (size_t)snprintf(buf + o, size - o, "\\x%02x", k[i]);
+	}
+	buf[o < size ? o : size - 1] = '\0';
+}
+
+static const char *rc_text(int rc)
+{
+	switch (rc) {
+	case HINTS_NOT_OPEN:
+		return "the hints environment is not open (an earlier reopen failed)";
+	case HINTS_ENOMEM:
+		return strerror(ENOMEM);
+	case HINTS_ABORTED:
+		return "aborted by the caller";
+	default:
+		return db_strerror(rc);
+	}
+}
+
+/* The one mapping of Berkeley DB results: 0, Q_NOTFOUND, or -1 with a
+ * text naming the database, the operation, the key and the cause. */
+static int db_result(int rc, const char *dbname, const char *what,
+		     const void *key, size_t klen, const char **error_r)
+{
+	char ks[300];
+
+	switch (rc) {
+	case 0:
+		return 0;
+	case DB_NOTFOUND:
+	case DB_KEYEMPTY:
+		return Q_NOTFOUND;
+	default:
+		break;
+	}
+	if (key != NULL)
+		key_show(ks, sizeof(ks), key, klen);
+	return q_err(error_r, "hints %s: %s%s%s%s: %s%s%s%s",
+		     dbname, what, key != NULL ? " \"" : "",
+		     key != NULL ? ks : "", key != NULL ? "\"" : "",
+		     rc_text(rc), db_msg[0] != '\0' ? " (" : "", db_msg,
+		     db_msg[0] != '\0' ? ")" : "");
+}
+
+static bool rc_retry(int rc)
+{
+	return rc == DB_LOCK_DEADLOCK || rc == DB_LOCK_NOTGRANTED;
+}
+
+/* Results that mean a damaged file or environment. */
+static bool rc_corrupt(int rc)
+{
+	switch (rc) {
+	case DB_RUNRECOVERY:
+	case DB_VERIFY_BAD:
+	case DB_PAGE_NOTFOUND:
+	case DB_CHKSUM_FAIL:
+	case DB_VERSION_MISMATCH:
+	case DB_OLD_VERSION:
+	case DB_SECONDARY_BAD:
+	case EINVAL:
+		return true;
+	default:
+		return false;
+	}
+}
+
+static void backoff(unsigned attempt)
+{
+	static _Thread_local unsigned seed;
+	struct timespec ts;
+	unsigned us;
+
+	if (seed == 0)
+		seed = (unsigned)getpid() * 2654435761u ^ (unsigned)time(NULL) ^
+		       (unsigned)(uintptr_t)&ts;
+	seed = seed * 1103515245u + 12345u;
+	us = 50u * (attempt < 40 ? attempt : 40) + (seed >> 16) % 200u;
+	ts.tv_sec = 0;
+	ts.tv_nsec = (long)us * 1000L;
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
+/* ------------------------------------------------------------------ */
+/* environments, one per (directory, process) */
+
+struct hdb {
+	struct hdb *next;
+	char name[16 + Q_TRANSPORT_MAX];   /* "retry", "wait-smtp", ... */
+	bool dup;                          /* sorted duplicates (wait) */
+	DB *db;                            /* NULL while not open */
+	atomic_bool wrote;                 /* this process wrote to it */
+};
+
+enum { PANIC_NONE, PANIC_REGISTER, PANIC_REAL };
+
+struct henv {
+	struct henv *next;
+	char *dir;                         /* real path */
+	pid_t pid;
+	unsigned refs;
+	pthread_rwlock_t lock;
+	DB_ENV *env;                       /* NULL while not open */
+	int use_fd;                        /* LOCK_SH on qkit.lock, or -1 */
+	unsigned gen;                      /* bumped by every reopen */
+	struct hdb *dbs;
+	atomic_uint writes;
+	atomic_int panic;                  /* what the last panic event said */
+};
+
+struct q_hints {
+	struct henv *e;
+	struct hdb *db[Q_DB__COUNT];
+	char transport[Q_TRANSPORT_MAX + 1];
+};
+
+static pthread_mutex_t envs_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct henv *envs;
+
+static const char *const db_base[Q_DB__COUNT] = {
+	[Q_DB_INDEX] = "index",
+	[Q_DB_RETRY] = "retry",
+	[Q_DB_WAIT] = "wait",
+	[Q_DB_SERIALIZE] = "serialize",
+	[Q_DB_SESSIONS] = "sessions",
+};
+
+static void env_event(DB_ENV *dbenv, u_int32_t event, void *info)
+{
+	struct henv *e = dbenv->app_private;
+
+	(void)info;
+	if (e == NULL)
+		return;
+	if (event == DB_EVENT_REG_PANIC)
+		atomic_store(&e->panic, PANIC_REGISTER);
+	else if (event == DB_EVENT_PANIC &&
+		 atomic_load(&e->panic) != PANIC_REGISTER)
+		atomic_store(&e->panic, PANIC_REAL);
+}
+
+static int open_one_db(struct henv *e, struct hdb *d)
+{
+	char file[sizeof(d->name) + 4];
+	DB *db;
+	int rc;
+
+	snprintf(file, sizeof(file), "%s.db", d->name);
+	if ((rc = db_create(&db, e->env, 0)) != 0)
+		return rc;
+	rc = db->set_flags(db, DB_CHKSUM | (d->dup ? DB_DUP | DB_DUPSORT
+						     : DB_RECNUM));
+	if (rc == 0)
+		rc = db->open(db, NULL, file, NULL, DB_BTREE,
+			      DB_CREATE | DB_AUTO_COMMIT | DB_THREAD, 0600);
+	if (rc != 0) {
+		(void)db->close(db, DB_NOSYNC);
+		return rc;
+	}
+	d->db = db;
+	return 0;
+}
+
+/* Close the databases and the environment (all errors ignored: this also
+ * runs on a panicked environment). */
+static void env_stop(struct henv *e, bool checkpoint)
+{
+	struct hdb *d;
+	bool wrote = false;
+
+	for (d = e->dbs; d != NULL; d = d->next)
+		if (d->db != NULL && atomic_load(&d->wrote))
+			wrote = true;
+	if (e->env != NULL && checkpoint && wrote)
+		(void)e->env->txn_checkpoint(e->env, Q_HINTS_CLOSE_CKP_KB, 0, 0);
+	for (d = e->dbs; d != NULL; d = d->next) {
+		if (d->db != NULL)
+			(void)d->db->close(d->db, atomic_load(&d->wrote) ? 0
+								    : DB_NOSYNC);
+		d->db = NULL;
+		atomic_store(&d->wrote, false);
+	}
+	if (e->env != NULL)
+		(void)e->env->close(e->env, 0);
+	e->env = NULL;
+	if (e->use_fd >= 0)
+		close(e->use_fd);
+	e->use_fd = -1;
+}
+
+/* Remove the region files __db.NNN of dir (only when alone). */
+static int wipe_regions(const char *dir, const char **error_r)
+{
+	char path[PATH_MAX];
+	struct dirent *de;
+	DIR *d;
+	int fd;
+
+	if ((fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0 ||
+	    (d = fdopendir(fd)) == NULL) {
+		int err = errno;
+
+		if (fd >= 0)
+			close(fd);
+		return q_err(error_r, "open %s: %s", dir, strerror(err));
+	}
+	while ((de = readdir(d)) != NULL) {
+		const char *n = de->d_name;
+
+		if (strncmp(n, "__db.", 5) != 0 || n[5] < '0' || n[5] > '9' ||
+		    strspn(n + 5, "0123456789") != strlen(n + 5))
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, n);
+		if (unlink(path) < 0 && errno != ENOENT) {
+			int err = errno;
+
+			closedir(d);
+			return q_err(error_r, "unlink %s: %s", path, strerror(err));
+		}
+	}
+	closedir(d);
+	return 0;
+}
+
+/* Take the use lock; when alone, throw the old regions away. Then open
+ * the environment and every database of e. Returns a Berkeley DB code
+ * (0 on success); -1 for a system error already in the error text. */
+static int env_attach(struct henv *e, const char **error_r)
+{
+	char path[PATH_MAX];
+	DB_ENV *env;
+	struct hdb *d;
+	int fd, rc;
+
+	snprintf(path, sizeof(path), "%s/%s", e->dir, use_lock_name);
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0)
+		return q_err(error_r, "open %s: %s", path, strerror(errno));
+	if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+		if (wipe_regions(e->dir, error_r) < 0) {
+			close(fd);
+			return -1;
+		}
+	} else if (errno != EWOULDBLOCK) {
+		int err = errno;
+
+		close(fd);
+		return q_err(error_r, "flock %s: %s", path, strerror(err));
+	}
+	/* Converting EX to SH is not atomic, but every opener holds the open
+	 * lock, so nobody can slip in between. */
+	while (flock(fd, LOCK_SH) < 0) {
+		if (errno != EINTR) {
+			int err = errno;
+
+			close(fd);
+			return q_err(error_r, "flock %s: %s", path, strerror(err));
+		}
+	}
+	e->use_fd = fd;
+
+	/* Berkeley DB creates its register file 0660 & ~umask: make it 0600
+	 * first (an empty register means "recover", as a missing one). */
+	snprintf(path, sizeof(path), "%s/__db.register", e->dir);
+	fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd >= 0)
+		close(fd);
+
+	if ((rc = db_env_create(&env, 0)) != 0)
+		return rc;
+	env->app_private = e;
+	env->set_errcall(env, env_errcall);
+	env->set_msgcall(env, env_msgcall);
+	atomic_store(&e->panic, PANIC_NONE);
+	if ((rc = env->set_event_notify(env, env_event)) != 0 ||
+	    (rc = env->set_cachesize(env, 0, Q_HINTS_CACHE, 1)) != 0 ||
+	    (rc = env->set_lg_max(env, Q_HINTS_LOG_MAX)) != 0 ||
+	    (rc = env->set_lg_filemode(env, 0600)) != 0 ||
+	    (rc = env->set_lk_max_locks(env, Q_HINTS_LOCKS)) != 0 ||
+	    (rc = env->set_lk_max_objects(env, Q_HINTS_LOCKS)) != 0 ||
+	    (rc = env->set_flags(env, DB_TXN_WRITE_NOSYNC, 1)) != 0 ||
+	    (rc = env->log_set_config(env, DB_LOG_AUTO_REMOVE, 1)) != 0 ||
+	    (rc = env->set_lk_detect(env, DB_LOCK_DEFAULT)) != 0) {
+		(void)env->close(env, 0);
+		return rc;
+	}
+	rc = env->open(env, e->dir,
+		       DB_CREATE | DB_INIT_TXN | DB_INIT_LOCK | DB_INIT_LOG |
+		       DB_INIT_MPOOL | DB_THREAD | DB_REGISTER | DB_RECOVER,
+		       0600);
+	if (rc != 0) {
+		(void)env->close(env, 0);
+		return rc;
+	}
+	e->env = env;
+	for (d = e->dbs; d != NULL; d = d->next)
+		if (d->db == NULL && (rc = open_one_db(e, d)) != 0)
+			return rc;
+	return 0;
+}
+
+/* Lock dir against other openers: LOCK_EX on the directory, re-checked
+ * against the path (someone may have moved it aside meanwhile). */
+static int open_lock(const char *dir, const char **error_r)
+{
+	struct stat st1, st2;
+	int fd, i;
+
+	for (i = 0; i < 20; i++) {
+		if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+			return q_err(error_r, "mkdir %s: %s", dir, strerror(errno));
+		fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (fd < 0)
+			return q_err(error_r, "open %s: %s", dir, strerror(errno));
+		while (flock(fd, LOCK_EX) < 0) {
+			if (errno != EINTR) {
+				int err = errno;
+
+				close(fd);
+				return q_err(error_r, "flock %s: %s", dir,
+					     strerror(err));
+			}
+		}
+		if (fstat(fd, &st1) == 0 && stat(dir, &st2) == 0 &&
+		    st1.st_dev == st2.st_dev && st1.st_ino == st2.st_ino)
+			return fd;
+		close(fd);
+	}
+	return q_err(error_r, "%s keeps changing under us", dir);
+}
+
+/* Rename dir to dir.corrupt-<time>[-N]; the new name in aside. */
+static int move_aside(const char *dir, char *aside, size_t size,
+		      const char **error_r)
+{
+	long t = (long)time(NULL);
+	struct stat st;
+	int i;
+
+	for (i = 0; i < 100; i++) {
+		if (i == 0)
+			snprintf(aside, size, "%s.corrupt-%ld", dir, t);
+		else
+			snprintf(aside, size, "%s.corrupt-%ld-%d", dir, t, i);
+		if (lstat(aside, &st) < 0 && errno == ENOENT)
+			break;
+	}
+	if (rename(dir, aside) < 0)
+		return q_err(error_r, "rename %s to %s: %s", dir, aside,
+			     strerror(errno));
+	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+		return q_err(error_r, "mkdir %s: %s", dir, strerror(errno));
+	return 0;
+}
+
+/* Open e (environment and databases), recovering and, when it cannot be
+ * opened, moving the directory aside. e->env must be NULL. A move is
+ * described in *notice (malloc'd) when notice != NULL. Caller holds
+ * e->lock for writing (or e is not shared yet). */
+static int env_start(struct henv *e, char **notice, const char **error_r)
+{
+	char aside[PATH_MAX + 64], reason[600];
+	int lfd, lfd2, rc;
+
+	if ((lfd = open_lock(e->dir, error_r)) < 0)
+		return -1;
+	db_msg_clear();
+	rc = env_attach(e, error_r);
+	if (rc == DB_RUNRECOVERY) {
+		/* DB_REGISTER: another process may have triggered recovery
+		 * while we opened; once more. */
+		env_stop(e, false);
+		backoff(100);
+		db_msg_clear();
+		rc = env_attach(e, error_r);
+	}
+	if (rc == 0) {
+		close(lfd);
+		return 0;
+	}
+	if (rc == -1 || !rc_corrupt(rc)) {
+		if (rc != -1)
+			db_result(rc, "environment", "open", NULL, 0, error_r);
+		env_stop(e, false);
+		close(lfd);
+		return -1;
+	}
+	snprintf(reason, sizeof(reason), "%s%s%s%s", rc_text(rc),
+		 db_msg[0] != '\0' ? " (" : "", db_msg,
+		 db_msg[0] != '\0' ? ")" : "");
+	env_stop(e, false);
+	if (move_aside(e->dir, aside, sizeof(aside), error_r) < 0) {
+		close(lfd);
+		return -1;
+	}
+	/* Hold the new directory's open lock before letting the old go. */
+	lfd2 = open_lock(e->dir, error_r);
+	close(lfd);
+	if (lfd2 < 0)
+		return -1;
+	db_msg_clear();
+	rc = env_attach(e, error_r);
+	if (rc != 0) {
+		if (rc != -1)
+			db_result(rc, "environment", "open", NULL, 0, error_r);
+		env_stop(e, false);
+		close(lfd2);
+		return q_err(error_r, "%s was unusable (%s) and was moved to %s; "
+			     "a fresh one cannot be opened either: %s",
+			     e->dir, reason, aside, q_err_last());
+	}
+	close(lfd2);
+	if (notice != NULL) {
+		free(*notice);
+		if (asprintf(notice, "hints databases in %s were unusable (%s); "
+			     "moved them to %s and started afresh", e->dir,
+			     reason, aside) < 0)
+			*notice = NULL;
+	}
+	return 0;
+}
+
+/* Close e and open it again; with corrupt != NULL (the reason), move
+ * the directory aside first. Caller holds e->lock for writing. A move is
+ * described in *notice (malloc'd). 0 or -1. */
+static int env_restart_locked(struct henv *e, const char *corrupt,
+			      char **notice, const char **error_r)
+{
+	int ret = 0;
+
+	env_stop(e, false);
+	if (corrupt != NULL) {
+		char aside[PATH_MAX + 64];
+		int lfd = open_lock(e->dir, error_r);
+
+		if (lfd < 0 || move_aside(e->dir, aside, sizeof(aside),
+					  error_r) < 0) {
+			ret = -1;
+		} else {
+			free(*notice);
+			if (asprintf(notice, "hints databases in %s were unusable "
+				     "(%s); moved them to %s and started afresh",
+				     e->dir, corrupt, aside) < 0)
+				*notice = NULL;
+		}
+		if (lfd >= 0)
+			close(lfd);
+	}
+	if (ret == 0 && env_start(e, notice, error_r) < 0)
+		ret = -1;
+	e->gen++;
+	return ret;
+}
+
+/* Reopen after a panic. gen: what the caller saw (another thread may
+ * have reopened already). Returns 0, 1 when the directory was moved
+ * aside (the notice is the error text), or -1. */
+static int env_restart(struct henv *e, unsigned gen, const char *corrupt,
+		       const char **error_r)
+{
+	char *notice = NULL;
+	int ret;
+
+	pthread_rwlock_wrlock(&e->lock);
+	if (e->gen != gen) {
+		pthread_rwlock_unlock(&e->lock);
+		return 0;
+	}
+	ret = env_restart_locked(e, corrupt, &notice, error_r);
+	pthread_rwlock_unlock(&e->lock);
+	if (ret == 0 && notice != NULL) {
+		q_err(error_r, "%s", notice);
+		ret = 1;
+	}
+	free(notice);
+	return ret;
+}
+
+static struct hdb *env_db(struct henv *e, const char *name, bool dup)
+{
+	struct hdb *d;
+
+	for (d = e->dbs; d != NULL; d = d->next)
+		if (strcmp(d->name, name) == 0)
+			return d;
+	if ((d = calloc(1, sizeof(*d))) == NULL)
+		return NULL;
+	snprintf(d->name, sizeof(d->name), "%s", name);
+	d->dup = dup;
+	d->next = e->dbs;
+	e->dbs = d;
+	return d;
+}
+
+static void env_free(struct henv *e)
+{
+	struct hdb *d, *next;
+
+	for (d = e->dbs; d != NULL; d = next) {
+		next = d->next;
+		free(d);
+	}
+	pthread_rwlock_destroy(&e->lock);
+	free(e->dir);
+	free(e);
+}
+
+static bool transport_ok(const char *t)
+{
+	size_t n = strlen(t);
+
+	return n > 0 && n <= Q_TRANSPORT_MAX && t[0] != '-' &&
+	       strspn(t, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+		      "0123456789_-") == n;
+}
+
+int q_hints_open(const char *dir, const char *transport,
+		 struct q_hints **h_r, const char **notice_r,
+		 const char **error_r)
+{
+	char real[PATH_MAX], name[16 + Q_TRANSPORT_MAX];
+	char *notice = NULL;
+	struct q_hints *h;
+	struct henv *e;
+	pid_t pid = getpid();
+	bool fresh = false, need_open = false;
+	int i, ret = -1;
+
+	*h_r = NULL;
+	if (notice_r != NULL)
+		*notice_r = NULL;
+	if (transport == NULL || !transport_ok(transport))
+		return q_err(error_r, "bad transport name \"%s\" (1 to %d "
+			     "letters, digits, '_' or '-')",
+			     transport != NULL ? transport : "", Q_TRANSPORT_MAX);
+	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+		return q_err(error_r, "mkdir %s: %s", dir, strerror(errno));
+	if (realpath(dir, real) == NULL)
+		return q_err(error_r, "%s: %s", dir, strerror(errno));
+	if ((h = calloc(1, sizeof(*h))) == NULL)
+		return q_err(error_r, "%s", strerror(ENOMEM));
+	snprintf(h->transport, sizeof(h->transport), "%s", transport);
+
+	pthread_mutex_lock(&envs_lock);
+	for (e = envs; e != NULL; e = e->next)
+		if (e->pid == pid && strcmp(e->dir, real) == 0)
+			break;
+	if (e == NULL) {
+		if ((e = calloc(1, sizeof(*e))) == NULL ||
+		    (e->dir = strdup(real)) == NULL) {
+			free(e);
+			q_err(error_r, "%s", strerror(ENOMEM));
+			goto out;
+		}
+		e->pid = pid;
+		e->use_fd = -1;
+		pthread_rwlock_init(&e->lock, NULL);
+		fresh = true;
+	}
+	pthread_rwlock_wrlock(&e->lock);
+	for (i = 0; i < Q_DB__COUNT; i++) {
+		if (i == Q_DB_WAIT || i == Q_DB_SERIALIZE)
+			snprintf(name, sizeof(name), "%s-%s", db_base[i], transport);
+		else
+			snprintf(name, sizeof(name), "%s", db_base[i]);
+		if ((h->db[i] = env_db(e, name, i == Q_DB_WAIT)) == NULL) {
+			pthread_rwlock_unlock(&e->lock);
+			q_err(error_r, "%s", strerror(ENOMEM));
+			goto fail_env;
+		}
+		if (h->db[i]->db == NULL)
+			need_open = true;
+	}
+	if (e->env == NULL) {
+		if (env_start(e, &notice, error_r) < 0) {
+			pthread_rwlock_unlock(&e->lock);
+			goto fail_env;
+		}
+		e->gen++;
+	} else if (need_open) {
+		struct hdb *d;
+		int rc = 0;
+
+		db_msg_clear();
+		for (d = e->dbs; d != NULL && rc == 0; d = d->next)
+			if (d->db == NULL)
+				rc = open_one_db(e, d);
+		if (rc != 0) {
+			char reason[600];
+
+			db_result(rc, "environment", "open", NULL, 0, error_r);
+			/* A damaged file in a live environment: start over. */
+			snprintf(reason, sizeof(reason), "%s", q_err_last());
+			if (!rc_corrupt(rc) ||
+			    env_restart_locked(e, reason, &notice, error_r) < 0) {
+				pthread_rwlock_unlock(&e->lock);
+				goto fail_env;
+			}
+		}
+	}
+	pthread_rwlock_unlock(&e->lock);
+	e->refs++;
+	if (fresh) {
+		e->next = envs;
+		envs = e;
+	}
+	h->e = e;
+	*h_r = h;
+	h = NULL;
+	ret = 0;
+	if (notice != NULL && notice_r != NULL) {
+		snprintf(notice_buf, sizeof(notice_buf), "%s", notice);
+		*notice_r = notice_buf;
+	}
+	goto out;
+
+fail_env:
+	if (fresh) {
+		env_stop(e, false);
+		env_free(e);
+	}
+out:
+	pthread_mutex_unlock(&envs_lock);
+	free(notice);
+	free(h);
+	return ret;
+}
+
+void q_hints_close(struct q_hints **hp)
+{
+	struct q_hints *h = *hp;
+	struct henv *e, **pp;
+
+	if (h == NULL)
+		return;
+	*hp = NULL;
+	e = h->e;
+	free(h);
+	/* A forked child leaves its parent's environment alone. */
+	if (e->pid != getpid())
+		return;
+	pthread_mutex_lock(&envs_lock);
+	if (--e->refs > 0) {
+		pthread_mutex_unlock(&envs_lock);
+		return;
+	}
+	for (pp = &envs; *pp != NULL; pp = &(*pp)->next)
+		if (*pp == e) {
+			*pp = e->next;
+			break;
+		}
+	pthread_mutex_unlock(&envs_lock);
+	pthread_rwlock_wrlock(&e->lock);
+	env_stop(e, true);
+	pthread_rwlock_unlock(&e->lock);
+	env_free(e);
+}
+
+const char *q_hints_db_name(const struct q_hints *h, enum q_db db)
+{
+	if ((int)db < 0 || db >= Q_DB__COUNT)
+		return "?";
+	return h->db[db]->name;
+}
+
+int q_hints_db_lookup(const struct q_hints *h, const char *name,
+		      enum q_db *db_r, const char **error_r)
+{
+	int i;
+
+	for (i = 0; i < Q_DB__COUNT; i++) {
+		if (strcmp(name, db_base[i]) == 0 ||
+		    strcmp(name, h->db[i]->name) == 0) {
+			*db_r = (enum q_db)i;
+			return 0;
+		}
+	}
+	return q_err(error_r, "no hints database \"%s\" (index, retry, "
+		     "wait-%s, serialize-%s, sessions)", name, h->transport,
+		     h->transport);
+}
+
+/* ------------------------------------------------------------------ */
+/* running an operation */
+
+struct op {
+	DB_ENV *env;
+	DB *db;
+	bool dup;
+	bool write;
+	bool no_retry;          /* set when a commit failed: do not redo */
+};
+
+typedef int op_fn(struct op *op, void *arg);
+
+/* mode of hints_run */
+#define RUN_READ   0
+#define RUN_WRITE  1
+#define RUN_EXCL   2    /* a write with no other use of e in this process */
+
+static int hints_run(struct q_hints *h, enum q_db which, const char *what,
+		     const void *key, size_t klen, int mode, op_fn *fn,
+		     void *arg, const char **error_r)
+{
+	struct henv *e = h->e;
+	struct hdb *d;
+	unsigned tries = 0, reopens = 0;
+	int rc;
+
+	if ((int)which < 0 || which >= Q_DB__COUNT)
+		return q_err(error_r, "hints: no database number %d", (int)which);
+	d = h->db[which];
+	for (;;) {
+		struct op op = { .dup = d->dup, .write = mode != RUN_READ };
+		unsigned gen;
+		int panic;
+
+		db_msg_clear();
+		if (mode == RUN_EXCL)
+			pthread_rwlock_wrlock(&e->lock);
+		else
+			pthread_rwlock_rdlock(&e->lock);
+		gen = e->gen;
+		if (e->env == NULL || d->db == NULL) {
+			rc = HINTS_NOT_OPEN;
+		} else {
+			op.env = e->env;
+			op.db = d->db;
+			rc = fn(&op, arg);
+			if (rc == 0 && mode != RUN_READ) {
+				atomic_store(&d->wrote, true);
+				if ((atomic_fetch_add(&e->writes, 1) + 1) %
+				    Q_HINTS_CKP_EVERY == 0)
+					(void)e->env->txn_checkpoint(e->env,
+							Q_HINTS_CKP_KB, 0, 0);
+			}
+		}
+		pthread_rwlock_unlock(&e->lock);
+		if (rc_retry(rc) && ++tries < Q_HINTS_TRIES) {
+			backoff(tries);
+			continue;
+		}
+		if (rc != HINTS_NOT_OPEN && rc != DB_RUNRECOVERY &&
+		    rc != DB_PAGE_NOTFOUND && rc != DB_VERIFY_BAD &&
+		    rc != DB_CHKSUM_FAIL)
+			break;
+		if (op.no_retry || reopens >= Q_HINTS_REOPENS)
+			break;
+		panic = atomic_load(&e->panic);
+		{
+			char reason[600];
+			const char *corrupt = NULL;
+			int r;
+
+			/* The same failure right after a reopen, and not
+			 * because someone else ran recovery: damage. */
+			if (reopens > 0 && rc != HINTS_NOT_OPEN &&
+			    panic != PANIC_REGISTER) {
+				snprintf(reason, sizeof(reason), "%s%s%s%s",
+					 rc_text(rc), db_msg[0] ? " (" : "",
+					 db_msg, db_msg[0] ? ")" : "");
+				corrupt = reason;
+			}
+			reopens++;
+			r = env_restart(e, gen, corrupt, error_r);
+			if (r < 0)
+				return -1;
+			if (r == 1)
+				return -1;
+		}
+	}
+	if (rc_retry(rc))
+		return q_err(error_r, "hints %s: %s: still deadlocked after %u "
+			     "tries", d->name, what, tries);
+	return db_result(rc, d->name, what, key, klen, error_r);
+}
+
+static void dbt_in(DBT *t, const void *p, size_t n)
+{
+	memset(t, 0, sizeof(*t));
+	t->data = (void *)p;
+	t->size = (u_int32_t)n;
+}
+
+/* A DBT that receives into buf (user memory, grown on DB_BUFFER_SMALL). */
+static int dbt_buf(DBT *t, struct q_buf *b, size_t need)
+{
+	size_t cap;
+
+	if (need < 64)
+		need = 64;
+	if (b->data == NULL || b->cap - 1 - b->len < need) {
+		if (q_buf_reserve(b, need) < 0)
+			return HINTS_ENOMEM;
+	}
+	cap = b->cap - 1 - b->len;
+	if (cap > UINT32_MAX)
+		cap = UINT32_MAX;
+	memset(t, 0, sizeof(*t));
+	t->data = b->data + b->len;
+	t->ulen = (u_int32_t)cap;
+	t->flags = DB_DBT_USERMEM;
+	return 0;
+}
+
+static bool key_too_big(size_t klen)
+{
+	return klen == 0 || klen > UINT32_MAX / 2;
+}
+
+/* ---- get ---- */
+
+struct get_arg {
+	const void *key;
+	size_t klen;
+	struct q_buf *val;
+};
+
+static int op_get(struct op *op, void *varg)
+{
+	struct get_arg *a = varg;
+	DBT k, v;
+	int rc;
+
+	q_buf_reset(a->val);
+	dbt_in(&k, a->key, a->klen);
+	if ((rc = dbt_buf(&v, a->val, 256)) != 0)
+		return rc;
+	rc = op->db->get(op->db, NULL, &k, &v, 0);
+	if (rc == DB_BUFFER_SMALL) {
+		if ((rc = dbt_buf(&v, a->val, v.size)) != 0)
+			return rc;
+		rc = op->db->get(op->db, NULL, &k, &v, 0);
+	}
+	if (rc == 0) {
+		a->val->len = v.size;
+		a->val->data[v.size] = '\0';
+	}
+	return rc;
+}
+
+int q_hints_get(struct q_hints *h, enum q_db db, const void *key,
+		size_t klen, struct q_buf *val, const char **error_r)
+{
+	struct get_arg a = { key, klen, val };
+
+	if (key_too_big(klen))
+		return q_err(error_r, "hints: bad key length %zu", klen);
+	return hints_run(h, db, "get", key, klen, RUN_READ, op_get, &a, error_r);
+}
+
+/* ---- put, del ---- */
+
+struct put_arg {
+	const void *key, *val;
+	size_t klen, vlen;
+};
+
+static int op_put(struct op *op, void *varg)
+{
+	struct put_arg *a = varg;
+	DBT k, v;
+	int rc;
+
+	dbt_in(&k, a->key, a->klen);
+	dbt_in(&v, a->val, a->vlen);
+	rc = op->db->put(op->db, NULL, &k, &v, op->dup ? DB_NODUPDATA : 0);
+	if (rc == DB_KEYEXIST)
+		rc = 0;
+	return rc;
+}
+
+int q_hints_put(struct q_hints *h, enum q_db db, const void *key,
+		size_t klen, const void *val, size_t vlen,
+		const char **error_r)
+{
+	struct put_arg a = { key, val, klen, vlen };
+
+	if (key_too_big(klen) || vlen > UINT32_MAX / 2)
+		return q_err(error_r, "hints: bad key or value length");
+	return hints_run(h, db, "put", key, klen, RUN_WRITE, op_put, &a, error_r);
+}
+
+static int op_del(struct op *op, void *varg)
+{
+	struct put_arg *a = varg;
+	DBT k;
+
+	dbt_in(&k, a->key, a->klen);
+	return op->db->del(op->db, NULL, &k, 0);
+}
+
+int q_hints_del(struct q_hints *h, enum q_db db, const void *key,
+		size_t klen, const char **error_r)
+{
+	struct put_arg a = { key, NULL, klen, 0 };
+
+	if (key_too_big(klen))
+		return q_err(error_r, "hints: bad key length %zu", klen);
+	return hints_run(h, db, "delete", key, klen, RUN_WRITE, op_del, &a, error_r);
+}
+
+/* ---- update ---- */
+
+struct upd_arg {
+	const void *key;
+	size_t klen;
+	q_hints_update_fn *fn;
+	void *ctx;
+	struct q_buf old, out;
+	bool aborted;
+	char fn_err[1024];
+};
+
+static int op_update(struct op *op, void *varg)
+{
+	struct upd_arg *a = varg;
+	DB_TXN *txn;
+	DBT k, v;
+	int rc, what;
+
+	q_buf_reset(&a->old);
+	q_buf_reset(&a->out);
+	a->aborted = false;
+	if ((rc = op->env->txn_begin(op->env, NULL, &txn, 0)) != 0)
+		return rc;
+	dbt_in(&k, a->key, a->klen);
+	if ((rc = dbt_buf(&v, &a->old, 256)) != 0)
+		goto abort;
+	rc = op->db->get(op->db, txn, &k, &v, DB_RMW);
+	if (rc == DB_BUFFER_SMALL) {
+		if ((rc = dbt_buf(&v, &a->old, v.size)) != 0)
+			goto abort;
+		rc = op->db->get(op->db, txn, &k, &v, DB_RMW);
+	}
+	if (rc != 0 && rc != DB_NOTFOUND)
+		goto abort;
+	if (rc == 0) {
+		a->old.len = v.size;
+		a->old.data[v.size] = '\0';
+	}
+	q_err(NULL, "update of a hints record aborted by its caller");
+	what = a->fn(rc == 0 ? a->old.data : NULL, rc == 0 ? a->old.len : 0,
+		     &a->out, a->ctx);
+	switch (what) {
+	case Q_HINTS_KEEP:
+		rc = 0;
+		break;
+	case Q_HINTS_PUT:
+		dbt_in(&v, a->out.data != NULL ? a->out.data : "", a->out.len);
+		rc = op->db->put(op->db, txn, &k, &v, 0);
+		break;
+	case Q_HINTS_DELETE:
+		rc = op->db->del(op->db, txn, &k, 0);
+		if (rc == DB_NOTFOUND)
+			rc = 0;
+		break;
+	default:
+		a->aborted = true;
+		snprintf(a->fn_err, sizeof(a->fn_err), "%s", q_err_last());
+		rc = HINTS_ABORTED;
+		break;
+	}
+	if (rc != 0)
+		goto abort;
+	if ((rc = txn->commit(txn, 0)) != 0)
+		op->no_retry = true;
+	return rc;
+abort:
+	(void)txn->abort(txn);
+	return rc;
+}
+
+int q_hints_update(struct q_hints *h, enum q_db db, const void *key,
+		   size_t klen, q_hints_update_fn *fn, void *ctx,
+		   const char **error_r)
+{
+	struct upd_arg a = { .key = key, .klen = klen, .fn = fn, .ctx = ctx };
+	int ret;
+
+	if (key_too_big(klen))
+		return q_err(error_r, "hints: bad key length %zu", klen);
+	if (db == Q_DB_WAIT)
+		return q_err(error_r, "hints: update is not for the wait lists");
+	ret = hints_run(h, db, "update", key, klen, RUN_WRITE, op_update, &a,
+			error_r);
+	if (ret < 0 && a.aborted)   /* fn's own text */
+		q_err(error_r, "%s", a.fn_err);
+	q_buf_free(&a.old);
+	q_buf_free(&a.out);
+	return ret < 0 ? -1 : 0;
+}
+
+/* ---- walks ---- */
+
+struct walk {
+	const void *prefix;
+	size_t plen;
+	q_hints_iter_fn *fn;        /* NULL: count */
+	void *ctx;
+	size_t count;
+	bool started, done;
+	struct q_buf lastk, lastv;  /* the last pair handed out */
+	struct q_buf bulk;          /* the current chunk */
+	struct q_buf sk, sv;        /* scratch for positioning */
+	size_t bulk_len;            /* bytes of the chunk in bulk */
+	u_int32_t bulk_ulen;        /* the buffer size it was read with (the
+				       bulk index grows down from its end) */
+};
+
+/* Position cursor c with flag. The search key (and, for
+ * DB_GET_BOTH_RANGE, data) come from sk/sklen and sv/svlen; the found pair
+ * lands in w->sk / w->sv (grown on DB_BUFFER_SMALL). With want_val false
+ * the data is not copied (partial get of 0 bytes). */
+static int pos_get(DBC *c, struct walk *w, u_int32_t flag,
+		   const void *sk, size_t sklen, const void *sv, size_t svlen,
+		   bool want_val, DBT *k, DBT *v)
+{
+	size_t kneed = sklen + 256, vneed = svlen + 256;
+	int rc = 0, i;
+
+	for (i = 0; i < 4; i++) {
+		q_buf_reset(&w->sk);
+		q_buf_reset(&w->sv);
+		if (q_buf_reserve(&w->sk, kneed) < 0 ||
+		    q_buf_reserve(&w->sv, vneed) < 0)
+			return HINTS_ENOMEM;
+		memset(k, 0, sizeof(*k));
+		k->data = w->sk.data;
+		k->ulen = (u_int32_t)(w->sk.cap - 1);
+		k->flags = DB_DBT_USERMEM;
+		if (sk != NULL && sklen > 0) {
+			memcpy(k->data, sk, sklen);
+			k->size = (u_int32_t)sklen;
+		}
+		memset(v, 0, sizeof(*v));
+		v->data = w->sv.data;
+		v->flags = DB_DBT_USERMEM;
+		if (want_val) {
+			v->ulen = (u_int32_t)(w->sv.cap - 1);
+			if (sv != NULL && svlen > 0) {
+				memcpy(v->data, sv, svlen);
+				v->size = (u_int32_t)svlen;
+			}
+		} else {
+			v->flags |= DB_DBT_PARTIAL;
+			v->ulen = 0;
+			v->dlen = 0;
+		}
+		rc = c->get(c, k, v, flag);
+		if (rc != DB_BUFFER_SMALL)
+			return rc;
+		if (k->size > kneed)
+			kneed = k->size;
+		if (v->size > vneed)
+			vneed = v->size;
+	}
+	return rc;
+}
+
+static u_int32_t bulk_ulen(const struct q_buf *b)
+{
+	size_t n = (b->cap - 1) & ~(size_t)1023;
+
+	return n > UINT32_MAX - 1023 ? UINT32_MAX & ~1023u : (u_int32_t)n;
+}
+
+static bool same(const DBT *t, const struct q_buf *b)
+{
+	return t->size == b->len && memcmp(t->data, b->data, b->len) == 0;
+}
+
+/* Fetch the next chunk into w->bulk (cursor opened and closed here). */
+static int op_chunk(struct op *op, void *varg)
+{
+	struct walk *w = varg;
+	DBC *c;
+	DBT k, v, bk, bv;
+	int rc;
+
+	w->bulk_len = 0;
+	if ((rc = op->db->cursor(op->db, NULL, &c, 0)) != 0)
+		return rc;
+	if (!w->started) {
+		rc = pos_get(c, w, w->plen > 0 ? DB_SET_RANGE : DB_FIRST,
+			     w->prefix, w->plen, NULL, 0, false, &k, &v);
+	} else if (op->dup) {
+		rc = pos_get(c, w, DB_GET_BOTH_RANGE, w->lastk.data, w->lastk.len,
+			     w->lastv.data, w->lastv.len, true, &k, &v);
+		if (rc == 0 && same(&k, &w->lastk) && same(&v, &w->lastv))
+			rc = pos_get(c, w, DB_NEXT, NULL, 0, NULL, 0, false, &k, &v);
+		else if (rc == DB_NOTFOUND) {
+			rc = pos_get(c, w, DB_SET_RANGE, w->lastk.data,
+				     w->lastk.len, NULL, 0, false, &k, &v);
+			if (rc == 0 && same(&k, &w->lastk))
+				rc = pos_get(c, w, DB_NEXT_NODUP, NULL, 0, NULL, 0,
+					     false, &k, &v);
+		}
+	} else {
+		rc = pos_get(c, w, DB_SET_RANGE, w->lastk.data, w->lastk.len,
+			     NULL, 0, false, &k, &v);
+		if (rc == 0 && same(&k, &w->lastk))
+			rc = pos_get(c, w, DB_NEXT, NULL, 0, NULL, 0, false, &k, &v);
+	}
+	if (rc != 0)
+		goto out;
+	for (;;) {
+		memset(&bk, 0, sizeof(bk));
+		bk.data = w->sk.data;
+		bk.ulen = (u_int32_t)(w->sk.cap - 1);
+		bk.flags = DB_DBT_USERMEM;
+		memset(&bv, 0, sizeof(bv));
+		bv.data = w->bulk.data;
+		bv.ulen = bulk_ulen(&w->bulk);
+		bv.flags = DB_DBT_USERMEM;
+		rc = c->get(c, &bk, &bv, DB_CURRENT | DB_MULTIPLE_KEY);
+		if (rc != DB_BUFFER_SMALL)
+			break;
+		if (bk.size > bk.ulen &&
+		    q_buf_reserve(&w->sk, bk.size) < 0) {
+			rc = HINTS_ENOMEM;
+			break;
+		}
+		if (bv.size > bv.ulen) {
+			size_t want = w->bulk.cap * 2;
+
+			if (want < (size_t)bv.size + 4096)
+				want = (size_t)bv.size + 4096;
+			if (q_buf_reserve(&w->bulk, want) < 0) {
+				rc = HINTS_ENOMEM;
+				break;
+			}
+		}
+	}
+	if (rc == 0) {
+		w->bulk_len = bv.size;
+		w->bulk_ulen = bv.ulen;
+	}
+out:
+	(void)c->close(c);
+	return rc;
+}
+
+/* Hand out the pairs of the chunk; 0 to go on, 1 when done, -1. */
+static int walk_chunk(struct walk *w, const char **error_r)
+{
+	DBT bv;
+	void *p, *kp = NULL, *vp = NULL, *lk = NULL, *lv = NULL;
+	size_t kl = 0, vl = 0, lkl = 0, lvl = 0;
+	int r;
+
+	memset(&bv, 0, sizeof(bv));
+	bv.data = w->bulk.data;
+	bv.size = (u_int32_t)w->bulk_len;
+	bv.ulen = w->bulk_ulen;
+	DB_MULTIPLE_INIT(p, &bv);
+	for (;;) {
+		DB_MULTIPLE_KEY_NEXT(p, &bv, kp, kl, vp, vl);
+		if (p == NULL)
+			break;
+		if (w->plen > 0 && (kl < w->plen ||
+				    memcmp(kp, w->prefix, w->plen) != 0)) {
+			w->done = true;
+			break;
+		}
+		lk = kp;
+		lkl = kl;
+		lv = vp;
+		lvl = vl;
+		if (w->fn == NULL) {
+			w->count++;
+			continue;
+		}
+		r = w->fn(kp, kl, vp, vl, w->ctx);
+		if (r < 0) {
+			const char *t = q_err_last();
+
+			if (error_r != NULL)
+				*error_r = t;
+			return -1;
+		}
+		if (r > 0) {
+			w->done = true;
+			return 1;
+		}
+	}
+	if (lk == NULL) {
+		w->done = true;
+		return 1;
+	}
+	q_buf_reset(&w->lastk);
+	q_buf_reset(&w->lastv);
+	if (q_buf_add(&w->lastk, lk, lkl) < 0 ||
+	    q_buf_add(&w->lastv, lv, lvl) < 0)
+		return q_err(error_r, "%s", strerror(ENOMEM));
+	w->started = true;
+	return w->done ? 1 : 0;
+}
+
+static int walk(struct q_hints *h, enum q_db db, struct walk *w,
+		const char **error_r)
+{
+	int ret = 0, rc;
+
+	if (q_buf_reserve(&w->bulk, Q_HINTS_BULK) < 0) {
+		ret = q_err(error_r, "%s", strerror(ENOMEM));
+		goto out;
+	}
+	while (!w->done) {
+		rc = hints_run(h, db, "walk", w->started ? w->lastk.data : NULL,
+			       w->lastk.len, RUN_READ, op_chunk, w, error_r);
+		if (rc == Q_NOTFOUND)
+			break;
+		if (rc < 0) {
+			ret = -1;
+			break;
+		}
+		if ((rc = walk_chunk(w, error_r)) < 0) {
+			ret = -1;
+			break;
+		}
+		if (rc > 0)
+			break;
+	}
+out:
+	q_buf_free(&w->bulk);
+	q_buf_free(&w->lastk);
+	q_buf_free(&w->lastv);
+	q_buf_free(&w->sk);
+	q_buf_free(&w->sv);
+	return ret;
+}
+
+int q_hints_iter(struct q_hints *h, enum q_db db, const void *prefix,
+		 size_t plen, q_hints_iter_fn *fn, void *ctx,
+		 const char **error_r)
+{
+	struct walk w = { .prefix = prefix, .plen = prefix != NULL ? plen : 0,
+			  .fn = fn, .ctx = ctx };
+
+	return walk(h, db, &w, error_r);
+}
+
+/* ---- count, truncate ---- */
+
+static int op_stat(struct op *op, void *varg)
+{
+	DB_BTREE_STAT *st;
+	size_t *n = varg;
+	int rc;
+
+	rc = op->db->stat(op->db, NULL, &st, DB_FAST_STAT);
+	if (rc == 0) {
+		*n = st->bt_nkeys;
+		free(st);
+	}
+	return rc;
+}
+
+int q_hints_count(struct q_hints *h, enum q_db db, size_t *count_r,
+		  const char **error_r)
+{
+	struct walk w = { .fn = NULL };
+	int ret;
+
+	*count_r = 0;
+	if ((int)db < 0 || db >= Q_DB__COUNT)
+		return q_err(error_r, "hints: no database number %d", (int)db);
+	if (!h->db[db]->dup)    /* record numbers: exact and O(1) */
+		return hints_run(h, db, "count", NULL, 0, RUN_READ, op_stat,
+				 count_r, error_r);
+	ret = walk(h, db, &w, error_r);
+	if (ret == 0)
+		*count_r = w.count;
+	return ret;
+}
+
+static int op_truncate(struct op *op, void *varg)
+{
+	u_int32_t n = 0;
+
+	(void)varg;
+	return op->db->truncate(op->db, NULL, &n, 0);
+}
+
+int q_hints_truncate(struct q_hints *h, enum q_db db, const char **error_r)
+{
+	/* Exclusive: DB->truncate refuses while this process has a cursor
+	 * open on the handle. */
+	return hints_run(h, db, "truncate", NULL, 0, RUN_EXCL, op_truncate,
+			 NULL, error_r) == 0 ? 0 : -1;
+}
+
+/* ------------------------------------------------------------------ */
+/* wait lists */
+
+static int wait_check(const char *host, const char *id, const char **error_r)
+{
+	if (host == NULL || *host == '\0' || strlen(host) > 1024)
+		return q_err(error_r, "wait list: bad host name");
+	if (id != NULL && (*id == '\0' || strlen(id) > 1024))
+		return q_err(error_r, "wait list: bad message id");
+	return 0;
+}
+
+int q_wait_add(struct q_hints *h, const char *host, const char *id,
+	       const char **error_r)
+{
+	if (wait_check(host, id, error_r) < 0)
+		return -1;
+	return q_hints_put(h, Q_DB_WAIT, host, strlen(host), id, strlen(id),
+			   error_r);
+}
+
+struct wdel_arg {
+	const char *host, *id;
+};
+
+static int op_wait_del(struct op *op, void *varg)
+{
+	struct wdel_arg *a = varg;
+	DB_TXN *txn;
+	DBC *c;
+	DBT k, v;
+	int rc;
+
+	if ((rc = op->env->txn_begin(op->env, NULL, &txn, 0)) != 0)
+		return rc;
+	if ((rc = op->db->cursor(op->db, txn, &c, 0)) != 0) {
+		(void)txn->abort(txn);
+		return rc;
+	}
+	dbt_in(&k, a->host, strlen(a->host));
+	dbt_in(&v, a->id, strlen(a->id));
+	rc = c->get(c, &k, &v, DB_GET_BOTH | DB_RMW);
+	if (rc == 0)
+		rc = c->del(c, 0);
+	(void)c->close(c);
+	if (rc != 0) {
+		(void)txn->abort(txn);
+		return rc;
+	}
+	return txn->commit(txn, 0);
+}
+
+int q_wait_del(struct q_hints *h, const char *host, const char *id,
+	       const char **error_r)
+{
+	struct wdel_arg a = { host, id };
+
+	if (wait_check(host, id, error_r) < 0)
+		return -1;
+	return hints_run(h, Q_DB_WAIT, "delete", host, strlen(host), RUN_WRITE,
+			 op_wait_del, &a, error_r);
+}
+
+struct wlist_arg {
+	const char *host;
+	size_t max;
+	char **ids;
+	size_t n, cap;
+	struct q_buf bulk;
+};
+
+static void wlist_drop(struct wlist_arg *a)
+{
+	size_t i;
+
+	for (i = 0; i < a->n; i++)
+		free(a->ids[i]);
+	free(a->ids);
+	a->ids = NULL;
+	a->n = a->cap = 0;
+}
+
+static int op_wait_list(struct op *op, void *varg)
+{
+	struct wlist_arg *a = varg;
+	u_int32_t flag = DB_SET;
+	DBC *c;
+	DBT k, v;
+	int rc;
+
+	wlist_drop(a);   /* a retry starts over */
+	if ((rc = op->db->cursor(op->db, NULL, &c, 0)) != 0)
+		return rc;
+	for (;;) {
+		void *p, *dp;
+		size_t dl;
+
+		dbt_in(&k, a->host, strlen(a->host));
+		memset(&v, 0, sizeof(v));
+		v.data = a->bulk.data;
+		v.ulen = bulk_ulen(&a->bulk);
+		v.flags = DB_DBT_USERMEM;
+		rc = c->get(c, &k, &v, flag | DB_MULTIPLE);
+		if (rc == DB_BUFFER_SMALL) {
+			if (q_buf_reserve(&a->bulk, a->bulk.cap * 2 + v.size) < 0) {
+				rc = HINTS_ENOMEM;
+				break;
+			}
+			continue;
+		}
+		if (rc != 0)
+			break;
+		DB_MULTIPLE_INIT(p, &v);
+		for (;;) {
+			char *s;
+
+			DB_MULTIPLE_NEXT(p, &v, dp, dl);
+			if (p == NULL)
+				break;
+			if (a->max > 0 && a->n >= a->max)
+				break;
+			if (a->n + 2 > a->cap) {
+				size_t ncap = a->cap < 16 ? 16 : a->cap * 2;
+				char **nv = realloc(a->ids, ncap * sizeof(*nv));
+
+				if (nv == NULL) {
+					rc = HINTS_ENOMEM;
+					goto out;
+				}
+				a->ids = nv;
+				a->cap = ncap;
+			}
+			if ((s = malloc(dl + 1)) == NULL) {
+				rc = HINTS_ENOMEM;
+				goto out;
+			}
+			memcpy(s, dp, dl);
+			s[dl] = '\0';
+			a->ids[a->n++] = s;
+			a->ids[a->n] = NULL;
+		}
+		if (a->max > 0 && a->n >= a->max)
+			break;
+		flag = DB_NEXT_DUP;
+	}
+	if (rc == DB_NOTFOUND)
+		rc = 0;
+out:
+	(void)c->close(c);
+	return rc;
+}
+
+int q_wait_list(struct q_hints *h, const char *host, size_t max,
+		char ***ids_r, size_t *n_r, const char **error_r)
+{
+	struct wlist_arg a = { .host = host, .max = max };
+	char **nv;
+	size_t i;
+	int ret;
+
+	if (wait_check(host, NULL, error_r) < 0)
+		return -1;
+	if (q_buf_reserve(&a.bulk, 64 << 10) < 0)
+		return q_err(error_r, "%s", strerror(ENOMEM));
+	ret = hints_run(h, Q_DB_WAIT, "list", host, strlen(host), RUN_READ,
+			op_wait_list, &a, error_r);
+	q_buf_free(&a.bulk);
+	if (ret < 0) {
+		wlist_drop(&a);
+		return -1;
+	}
+	if (a.n == 0) {
+		free(a.ids);
+		return 0;
+	}
+	nv = realloc(*ids_r, (*n_r + a.n + 1) * sizeof(*nv));
+	if (nv == NULL) {
+		wlist_drop(&a);
+		return q_err(error_r, "%s", strerror(ENOMEM));
+	}
+	for (i = 0; i < a.n; i++)
+		nv[*n_r + i] = a.ids[i];
+	nv[*n_r + a.n] = NULL;
+	*ids_r = nv;
+	*n_r += a.n;
+	free(a.ids);
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* record codec */
+
+int q_rec_put_u8(struct q_buf *b, uint8_t v)
+{
+	return q_buf_add(b, &v, 1);
+}
+
+int q_rec_put_u32(struct q_buf *b, uint32_t v)
+{
+	unsigned char p[4];
+	int i;
+
+	for (i = 0; i < 4; i++)
+		p[i] = (unsigned char)(v >> (8 * i));
+	return q_buf_add(b, p, sizeof(p));
+}
+
+int q_rec_put_u64(struct q_buf *b, uint64_t v)
+{
+	unsigned char p[8];
+	int i;
+
+	for (i = 0; i < 8; i++)
+		p[i] = (unsigned char)(v >> (8 * i));
+	return q_buf_add(b, p, sizeof(p));
+}
+
+int q_rec_put_str(struct q_buf *b, const char *s)
+{
+	size_t n = s != NULL ? strlen(s) : 0;
+	size_t len0 = b->len;
+
+	if (n > Q_REC_STR_MAX) {
+		errno = E2BIG;
+		return -1;
+	}
+	if (q_rec_put_u32(b, (uint32_t)n) < 0)
+		return -1;
+	if (q_buf_add(b, s != NULL ? s : "", n) < 0) {
+		b->len = len0;
+		if (b->data != NULL)
+			b->data[len0] = '\0';
+		return -1;
+	}
+	return 0;
+}
+
+void q_rec_reader_init(struct q_rec_reader *r, const void *p, size_t n)
+{
+	r->p = p;
+	r->left = p != NULL ? n : 0;
+	r->bad = false;
+}
+
+static const unsigned char *rec_take(struct q_rec_reader *r, size_t n)
+{
+	const unsigned char *p;
+
+	if (r->bad || r->left < n) {
+		r->bad = true;
+		r->left = 0;
+		return NULL;
+	}
+	p = r->p;
+	r->p += n;
+	r->left -= n;
+	return p;
+}
+
+uint8_t q_rec_get_u8(struct q_rec_reader *r)
+{
+	const unsigned char *p = rec_take(r, 1);
+
+	return p != NULL ? p[0] : 0;
+}
+
+uint32_t q_rec_get_u32(struct q_rec_reader *r)
+{
+	const unsigned char *p = rec_take(r, 4);
+	uint32_t v = 0;
+	int i;
+
+	if (p == NULL)
+		return 0;
+	for (i = 3; i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
+}
+
+uint64_t q_rec_get_u64(struct q_rec_reader *r)
+{
+	const unsigned char *p = rec_take(r, 8);
+	uint64_t v = 0;
+	int i;
+
+	if (p == NULL)
+		return 0;
+	for (i = 7; i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
+}
+
+char *q_rec_get_str(struct q_rec_reader *r)
+{
+	const unsigned char *p;
+	uint32_t n;
+	char *s;
+
+	n = q_rec_get_u32(r);
+	if (r->bad)
+		return NULL;
+	if (n > Q_REC_STR_MAX || n > r->left) {
+		r->bad = true;
+		r->left = 0;
+		return NULL;
+	}
+	p = rec_take(r, n);
+	if (p == NULL)
+		return NULL;
+	/* A record string never holds a NUL: it would cut the C string. */
+	if (n > 0 && memchr(p, '\0', n) != NULL) {
+		r->bad = true;
+		r->left = 0;
+		return NULL;
+	}
+	if ((s = malloc((size_t)n + 1)) == NULL) {
+		r->bad = true;
+		return NULL;
+	}
+	memcpy(s, p, n);
+	s[n] = '\0';
+	return s;
+}
