@@ -214,7 +214,7 @@ static int check_domain(const char *addr, size_t start, const char **error_r)
 
 int q_addr_check(const char *addr, bool allow_empty, const char **error_r)
 {
-	size_t at, len;
+	size_t at = 0, len;
 
 	assert(addr != NULL);
 	if (*addr == '\0') {

@@ -9,7 +9,8 @@
  *    UTF-8 "\xHH" (q_escape_term's rules), so bytes from mail or from
  *    servers can neither forge a line nor reach a terminal raw;
  *  - the state (descriptor, syslog flag) is guarded by a mutex: q_log may
- *    be called from several threads; errno is preserved across q_log.
+ *    be called from several threads, and a fork() while another thread
+ *    logs leaves the child usable (pthread_atfork); errno is preserved.
  *
  * Diagnostics: q_log_open reports mkdir/open failures; q_log itself has
  * nowhere to report to, so a failed write is dropped silently.
@@ -32,8 +33,26 @@
 #include <unistd.h>
 
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t log_once = PTHREAD_ONCE_INIT;
 static int log_fd = -1;
 static bool log_syslog;
+
+/* fork() while another thread holds log_lock would leave the child's copy
+ * locked for ever: hold it across fork so that both sides start unlocked. */
+static void atfork_prepare(void)
+{
+	pthread_mutex_lock(&log_lock);
+}
+
+static void atfork_release(void)
+{
+	pthread_mutex_unlock(&log_lock);
+}
+
+static void log_init_once(void)
+{
+	pthread_atfork(atfork_prepare, atfork_release, atfork_release);
+}
 
 int q_log_open(const char *spool_dir, bool use_syslog, const char **error_r)
 {
@@ -64,6 +83,7 @@ int q_log_open(const char *spool_dir, bool use_syslog, const char **error_r)
 	}
 	q_buf_free(&path);
 
+	pthread_once(&log_once, log_init_once);
 	pthread_mutex_lock(&log_lock);
 	if (log_fd >= 0)
 		close(log_fd);

@@ -52,13 +52,22 @@ static struct q_conf *load_text(const char *text, const char **err_r)
 	return c;
 }
 
+/* The printed configuration, malloc'd (through a temporary file: simple,
+ * and no aliasing games with open_memstream). */
 static char *print_conf(const struct q_conf *c)
 {
-	char *mem = NULL;
-	size_t len = 0;
-	FILE *f = open_memstream(&mem, &len);
+	FILE *f = tmpfile();
+	char *mem;
+	long len;
 
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
 	q_conf_print(c, f);
+	len = ftell(f);
+	rewind(f);
+	mem = malloc((size_t)len + 1);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(mem);
+	CU_ASSERT_EQUAL(fread(mem, 1, (size_t)len, f), (size_t)len);
+	mem[len] = '\0';
 	fclose(f);
 	return mem;
 }

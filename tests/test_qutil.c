@@ -389,7 +389,7 @@ static void test_log(void)
 	regex_t re;
 	size_t len, n = 0, nthread = 0, nchild = 0;
 	pid_t pid;
-	int i, status;
+	int i, status, go[2];
 
 	CU_ASSERT_PTR_NOT_NULL_FATAL(dir);
 	q_log("before open: goes nowhere");
@@ -404,16 +404,28 @@ static void test_log(void)
 	errno = 1234;
 	q_log("forged\n2000-01-01 00:00:00 [1] fake \x1b[31m\\ caf\xc3\xa9 %d", 7);
 	CU_ASSERT_EQUAL(errno, 1234);             /* errno is preserved */
-	for (i = 0; i < LOG_THREADS; i++)
-		CU_ASSERT_EQUAL_FATAL(pthread_create(&th[i], NULL, log_thread,
-						     (void *)(long)i), 0);
+	/* the child is forked while this process has one thread (a fork
+	 * beside threads that malloc can deadlock the child under ASan),
+	 * and released through a pipe once the threads run */
+	CU_ASSERT_EQUAL_FATAL(pipe(go), 0);
 	pid = fork();
 	CU_ASSERT_FATAL(pid >= 0);
 	if (pid == 0) {
+		char c;
+
+		close(go[1]);
+		if (read(go[0], &c, 1) != 1)
+			_exit(1);
 		for (i = 0; i < LOG_LINES; i++)
 			q_log("child line %d %s", i, "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
 		_exit(0);
 	}
+	close(go[0]);
+	for (i = 0; i < LOG_THREADS; i++)
+		CU_ASSERT_EQUAL_FATAL(pthread_create(&th[i], NULL, log_thread,
+						     (void *)(long)i), 0);
+	CU_ASSERT_EQUAL(write(go[1], "g", 1), 1);
+	close(go[1]);
 	for (i = 0; i < LOG_THREADS; i++)
 		pthread_join(th[i], NULL);
 	CU_ASSERT_EQUAL(waitpid(pid, &status, 0), pid);
