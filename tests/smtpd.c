@@ -139,14 +139,19 @@ static void buf_addf(struct buf *b, const char *fmt, ...)
 
 static void buf_addf(struct buf *b, const char *fmt, ...)
 {
+	char small[256];
 	va_list ap;
 	int n;
 
 	va_start(ap, fmt);
-	n = vsnprintf(NULL, 0, fmt, ap);
+	n = vsnprintf(small, sizeof small, fmt, ap);
 	va_end(ap);
 	if (n < 0)
 		return;
+	if ((size_t)n < sizeof small) {
+		buf_add(b, small, (size_t)n);
+		return;
+	}
 	buf_need(b, (size_t)n);
 	va_start(ap, fmt);
 	vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
@@ -200,12 +205,19 @@ static int64_t now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+static atomic_int quitting;	/* the server is exiting */
+
+/* Sleep ms milliseconds, in slices, ending early when the server exits. */
 static void msleep(long ms)
 {
-	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+	while (ms > 0 && !atomic_load_explicit(&quitting, memory_order_relaxed)) {
+		long slice = ms > 50 ? 50 : ms;
+		struct timespec ts = { 0, slice * 1000000L };
 
-	while (ms > 0 && nanosleep(&ts, &ts) < 0 && errno == EINTR)
-		;
+		while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+			;
+		ms -= slice;
+	}
 }
 
 /* Case-insensitive: does p[0..n) start with word w (followed by end,
@@ -825,6 +837,7 @@ static const struct section *pick_section(int lidx, long n)
 /* ---- connections --------------------------------------------------------- */
 
 struct conn {
+	struct conn *prev, *next;	/* the live list (conn_lock) */
 	int fd;
 	SSL *ssl;
 	long id;			/* global connection number */
@@ -856,7 +869,10 @@ struct conn {
 	long occ[P_N];
 
 	int in_data;
-	size_t scan_from;		/* data search resumes here */
+	size_t scan_from;		/* data scan resumes here (from inoff) */
+	int at_ls;			/* scan_from is at a line start */
+	int stuffed;			/* a data line starts with '.' */
+	long barelf;			/* LFs without CR in the data */
 	long discarded;			/* data bytes dropped past MSG_CAP */
 	long body_fired;		/* highest "body N" fired */
 	long msgs;			/* data transfers on this connection */
@@ -884,23 +900,18 @@ static void rec_line(struct conn *c, const char *fmt, ...)
 
 static void rec_line(struct conn *c, const char *fmt, ...)
 {
+	char line[1024];
 	va_list ap;
 	int n;
 
 	if (rec_fd < 0)
 		return;
-	buf_addf(&c->rec, "%ld ", c->id);
 	va_start(ap, fmt);
-	n = vsnprintf(NULL, 0, fmt, ap);
+	n = vsnprintf(line, sizeof line, fmt, ap);
 	va_end(ap);
-	if (n > 0) {
-		buf_need(&c->rec, (size_t)n);
-		va_start(ap, fmt);
-		vsnprintf(c->rec.p + c->rec.len, (size_t)n + 1, fmt, ap);
-		va_end(ap);
-		c->rec.len += (size_t)n;
-	}
-	buf_add(&c->rec, "\n", 1);
+	if (n < 0)
+		return;
+	buf_addf(&c->rec, "%ld %s\n", c->id, line);
 }
 
 static void rec_bytes(struct conn *c, const char *what, const char *p,
@@ -952,7 +963,7 @@ static void set_dead(struct conn *c, int how, const char *why)
 static void flush_out(struct conn *c)
 {
 	rec_flush(c);
-	if (c->out.len == 0 || c->dead)
+	if (c->out.len == 0 || c->dead == 2)	/* abrupt: nothing more */
 		return;
 	if (io_write(c, c->out.p, c->out.len) < 0)
 		set_dead(c, 2, "write-error");
@@ -1040,7 +1051,7 @@ static void endless(struct conn *c, long ms, int code)
 	flush_out(c);
 	rec_bytes(c, "reply", "[endless]", 9, 20);
 	rec_flush(c);
-	for (long i = 1; !c->dead; i++) {
+	for (long i = 1; !c->dead && !atomic_load(&quitting); i++) {
 		n = snprintf(line, sizeof line, "%03d-endless line %ld\r\n",
 			code, i);
 		if (io_write(c, line, (size_t)n) < 0)
@@ -1227,20 +1238,40 @@ static void dflt_set(struct conn *c, struct dflt *d, int code,
 static void dflt_set(struct conn *c, struct dflt *d, int code,
 	const char *esc, const char *fmt, ...)
 {
-	va_list ap;
-	char text[512];
+	char text[512], *o;
+	const char *t = fmt;
+	size_t tl, el = c->esc && esc ? strlen(esc) : 0, n = 4;
 
-	va_start(ap, fmt);
-	vsnprintf(text, sizeof text, fmt, ap);
-	va_end(ap);
+	if (strchr(fmt, '%')) {		/* the common replies need no printf */
+		va_list ap;
+
+		va_start(ap, fmt);
+		vsnprintf(text, sizeof text, fmt, ap);
+		va_end(ap);
+		t = text;
+	}
+	tl = strlen(t);
 	c->tmp.len = 0;
-	if (c->esc && esc)
-		buf_addf(&c->tmp, "%03d %s %s\r\n", code, esc, text);
-	else
-		buf_addf(&c->tmp, "%03d %s\r\n", code, text);
+	buf_need(&c->tmp, tl + el + 8);
+	o = c->tmp.p;
+	o[0] = (char)('0' + code / 100 % 10);
+	o[1] = (char)('0' + code / 10 % 10);
+	o[2] = (char)('0' + code % 10);
+	o[3] = ' ';
+	if (el) {
+		memcpy(o + n, esc, el);
+		n += el;
+		o[n++] = ' ';
+	}
+	memcpy(o + n, t, tl);
+	n += tl;
+	o[n++] = '\r';
+	o[n++] = '\n';
+	o[n] = '\0';
+	c->tmp.len = n;
 	d->code = code;
 	d->text = c->tmp.p;
-	d->len = c->tmp.len;
+	d->len = n;
 }
 
 static void ehlo_default(struct conn *c, struct dflt *d)
@@ -1486,6 +1517,9 @@ static void handle_cmd(struct conn *c, const char *line, size_t len)
 		if (code == 354) {
 			c->in_data = 1;
 			c->scan_from = 0;
+			c->at_ls = 1;
+			c->stuffed = 0;
+			c->barelf = 0;
 			c->discarded = 0;
 			c->body_fired = 0;
 			c->msgs++;
@@ -1518,20 +1552,19 @@ static void record_msg(struct conn *c, int code, const char *data,
 	unsigned int mdlen = 0;
 	char hex[2 * EVP_MAX_MD_SIZE + 1];
 	char file[PATH_MAX];
-	long barelf = 0;
+	static const char hexd[] = "0123456789abcdef";
 	int eight = 0;
 	const char *id = NULL;
-	size_t idlen = 0;
+	size_t idlen = 0, i = 0;
 
-	for (const char *p = data, *e = data + len;
-	     (p = memchr(p, '\n', (size_t)(e - p))) != NULL; p++)
-		if (p == data || p[-1] != '\r')
-			barelf++;
-	for (size_t i = 0; i < len; i++)
-		if ((unsigned char)data[i] & 0x80) {
-			eight = 1;
-			break;
-		}
+	for (; i + 8 <= len && !eight; i += 8) {
+		uint64_t v;
+
+		memcpy(&v, data + i, 8);
+		eight = (v & 0x8080808080808080ULL) != 0;
+	}
+	for (; i < len && !eight; i++)
+		eight = ((unsigned char)data[i] & 0x80) != 0;
 	/* Message-ID: first one in the header section */
 	for (const char *p = data, *e = data + len; p < e;) {
 		const char *nl = memchr(p, '\n', (size_t)(e - p));
@@ -1556,8 +1589,10 @@ static void record_msg(struct conn *c, int code, const char *data,
 	if (md_sha256 == NULL ||
 	    !EVP_Digest(data, len, md, &mdlen, md_sha256, NULL))
 		mdlen = 0;
-	for (unsigned int i = 0; i < mdlen; i++)
-		sprintf(hex + 2 * i, "%02x", md[i]);
+	for (unsigned int k = 0; k < mdlen; k++) {
+		hex[2 * k] = hexd[md[k] >> 4];
+		hex[2 * k + 1] = hexd[md[k] & 15];
+	}
 	hex[2 * mdlen] = '\0';
 	file[0] = '\0';
 	if (opt.datadir && !c->discarded) {
@@ -1585,7 +1620,7 @@ static void record_msg(struct conn *c, int code, const char *data,
 		c->rcpts.len ? c->rcpts.len : 1, (size_t)-1);
 	buf_addf(&c->rec, " size=%zu wire=%ld sha256=%s barelf=%ld 8bit=%d file=%s msgid=",
 		c->discarded ? (size_t)0 : len, wire, c->discarded ? "-" : hex,
-		barelf, eight, file[0] ? file : "-");
+		c->barelf, eight, file[0] ? file : "-");
 	if (id)
 		buf_addesc(&c->rec, id, idlen, 200);
 	else
@@ -1602,9 +1637,12 @@ static void handle_message(struct conn *c, const char *w, size_t wlen)
 	long wire = c->discarded + (long)wlen;
 	int code;
 
+	const char *data = w;
+	size_t len = wlen;
+
 	/* undo dot-stuffing: a '.' starting a line is dropped */
 	c->msg.len = 0;
-	if (!c->discarded) {
+	if (!c->discarded && c->stuffed) {
 		const char *p = w, *e = w + wlen;
 
 		buf_need(&c->msg, wlen);
@@ -1618,17 +1656,21 @@ static void handle_message(struct conn *c, const char *w, size_t wlen)
 			c->msg.len += n;
 			p += n + (q ? 1 : 0);
 		}
+		data = c->msg.p;
+		len = c->msg.len;
+	} else if (c->discarded) {
+		len = 0;
 	}
 	if (c->discarded)
 		dflt_set(c, &d, 552, "5.3.4", "Error: message too big");
-	else if (c->size_limit && (long)c->msg.len > c->size_limit)
+	else if (c->size_limit && (long)len > c->size_limit)
 		dflt_set(c, &d, 552, "5.3.4", "Error: message size exceeds limit");
 	else
 		dflt_set(c, &d, 250, "2.0.0", "Ok: queued as %ld.%ld",
 			c->id, c->msgs);
 	r = find_rule(c, P_DOT, 0, ++c->occ[P_DOT]);
 	code = rule_code(r, &d);
-	record_msg(c, code, c->msg.p ? c->msg.p : "", c->msg.len, wire);
+	record_msg(c, code, data, len, wire);
 	if (code / 100 == 2) {
 		atomic_fetch_add(&st_msgs, 1);
 		atomic_fetch_add(&st_rcpts, c->n_rcpt_ok);
@@ -1674,34 +1716,48 @@ static void check_body(struct conn *c, long got, long complete)
 }
 
 /* Data mode: 1 when a message was completed (go on), 0 when more input
- * is needed or the connection ended. */
+ * is needed or the connection ended.  One memchr per line: finds the
+ * final "." line (a line ends with CRLF only), notes dot-stuffed lines and
+ * bare LFs on the way; resumes where the last call stopped. */
 static int data_step(struct conn *c)
 {
 	char *p = c->in + c->inoff;
 	size_t avail = c->inlen - c->inoff, wlen = 0, consume = 0;
 	int found = 0;
 
-	if (!c->discarded && avail >= 3 && memcmp(p, ".\r\n", 3) == 0) {
-		found = 1;
-		consume = 3;
-	} else if (avail >= 5) {
-		size_t from = c->scan_from > 4 ? c->scan_from - 4 : 0;
-		char *e = memmem(p + from, avail - from, "\r\n.\r\n", 5);
+	for (;;) {
+		size_t ls = c->scan_from;
+		char *nl;
 
-		if (e) {
-			found = 1;
-			wlen = (size_t)(e - p) + 2;
-			consume = wlen + 3;
+		if (c->at_ls && ls < avail && p[ls] == '.') {
+			if (avail - ls < 3)
+				break;
+			if (p[ls + 1] == '\r' && p[ls + 2] == '\n') {
+				found = 1;
+				wlen = ls;
+				consume = ls + 3;
+				break;
+			}
+			c->stuffed = 1;
 		}
+		nl = ls < avail ? memchr(p + ls, '\n', avail - ls) : NULL;
+		if (nl == NULL) {
+			c->at_ls = c->at_ls && ls == avail;
+			c->scan_from = avail;
+			break;
+		}
+		if (nl > p && nl[-1] == '\r') {
+			c->at_ls = 1;
+		} else {
+			c->at_ls = 0;
+			c->barelf++;
+		}
+		c->scan_from = (size_t)(nl - p) + 1;
 	}
 	check_body(c, c->discarded + (long)avail,
 		found ? c->discarded + (long)consume : 0);
-	if (c->dead)
+	if (c->dead || !found)
 		return 0;
-	if (!found) {
-		c->scan_from = avail;
-		return 0;
-	}
 	if (c->sync_reject && !c->pipelining && consume < avail) {
 		sync_error(c, avail - consume);
 		return 0;
@@ -1788,11 +1844,15 @@ static ssize_t fill_input(struct conn *c)
 		if (c->in_data && c->incap < (size_t)MSG_CAP) {
 			c->incap *= 2;
 			c->in = xrealloc(c->in, c->incap);
-		} else if (c->in_data) {	/* too big: keep only a tail */
-			c->discarded += (long)c->inlen - 4;
-			memmove(c->in, c->in + c->inlen - 4, 4);
-			c->inlen = 4;
-			c->scan_from = 0;
+		} else if (c->in_data) {
+			/* too big: keep the unscanned tail and one byte before
+			 * it (for the CR of a CRLF) */
+			size_t k = c->scan_from ? c->scan_from - 1 : 0;
+
+			c->discarded += (long)k;
+			memmove(c->in, c->in + k, c->inlen - k);
+			c->inlen -= k;
+			c->scan_from -= k;
 		} else {
 			c->inlen = 0;	/* cannot happen: lines are bounded */
 		}
@@ -1930,7 +1990,8 @@ static void conn_run(struct conn *c)
 			SSL_shutdown(c->ssl);
 	}
 	rec_line(c, "close t=%ld reason=%s msgs=%ld accepted=%ld", t_rel(),
-		c->why ? c->why : "?", c->msgs, c->accepted);
+		atomic_load(&quitting) ? "server-exit" : c->why ? c->why : "?",
+		c->msgs, c->accepted);
 	rec_flush(c);
 }
 
@@ -1953,12 +2014,55 @@ static void conn_free(struct conn *c)
 	OPENSSL_thread_stop();
 }
 
+/* Live connections, so that the exit can wake their threads up. */
+static pthread_mutex_t conn_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct conn *conn_list;
+
+static void conn_link(struct conn *c)
+{
+	pthread_mutex_lock(&conn_lock);
+	c->next = conn_list;
+	if (conn_list)
+		conn_list->prev = c;
+	conn_list = c;
+	pthread_mutex_unlock(&conn_lock);
+}
+
+static void conn_unlink(struct conn *c)
+{
+	pthread_mutex_lock(&conn_lock);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		conn_list = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	pthread_mutex_unlock(&conn_lock);
+}
+
 static void *conn_thread(void *arg)
 {
 	conn_run(arg);
+	conn_unlink(arg);	/* before its fd is closed */
 	conn_free(arg);
 	atomic_fetch_sub(&live_threads, 1);
 	return NULL;
+}
+
+/* At exit: cut every connection (blocked reads and writes return) and
+ * give the threads up to two seconds to record their end. */
+static void conns_stop(void)
+{
+	atomic_store(&quitting, 1);
+	pthread_mutex_lock(&conn_lock);
+	for (struct conn *c = conn_list; c; c = c->next)
+		shutdown(c->fd, SHUT_RDWR);
+	pthread_mutex_unlock(&conn_lock);
+	for (int i = 0; i < 200 && atomic_load(&live_threads) > 0; i++) {
+		struct timespec ts = { 0, 10 * 1000000L };
+
+		nanosleep(&ts, NULL);
+	}
 }
 
 /* ---- listeners, TLS context, main loop ------------------------------------ */
@@ -2259,7 +2363,9 @@ static void accept_on(struct listener *l, int lidx, long *conn_id)
 		}
 		atomic_fetch_add(&st_conns, 1);
 		atomic_fetch_add(&live_threads, 1);
+		conn_link(c);
 		if (pthread_create(&th, &attr, conn_thread, c) != 0) {
+			conn_unlink(c);
 			atomic_fetch_sub(&live_threads, 1);
 			rec_global("%ld open-failed reason=thread", c->id);
 			free(c->in);
@@ -2391,16 +2497,17 @@ int main(int argc, char **argv)
 			if (pfd[i].fd >= 0 && (pfd[i].revents & POLLIN))
 				accept_on(&listeners[i], i + 1, &conn_id);
 	}
-	print_stats(why);
 	for (int i = 0; i < n_listeners; i++)
 		if (listeners[i].fd >= 0)
 			close(listeners[i].fd);
 	close(sfd);
-	if (atomic_load(&live_threads) == 0) {	/* else they still use these */
-		script_free();
-		SSL_CTX_free(ssl_ctx);
-		EVP_MD_free(md_sha256);
-	}
+	conns_stop();
+	print_stats(why);
+	if (atomic_load(&live_threads) > 0)	/* stuck: they still use all */
+		_exit(0);
+	script_free();
+	SSL_CTX_free(ssl_ctx);
+	EVP_MD_free(md_sha256);
 	if (rec_fd >= 0)
 		close(rec_fd);
 	return 0;
