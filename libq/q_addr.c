@@ -615,6 +615,9 @@ int q_msg_header_rcpts(struct q_buf *msg, char ***rcpts_r, size_t *n_r,
 	size_t len = msg->len;
 	int ret = 0;
 
+	/* an mbox "From " line before the header is not a field: skip it */
+	if (len >= 5 && memcmp(d, "From ", 5) == 0)
+		pos = line_len(d, len);
 	/* pass 1: find the fields of the header section */
 	while (pos < len) {
 		size_t ll = line_len(d + pos, len - pos), colon;

@@ -452,6 +452,19 @@ static bool valid_glob(const char *s)
 	return true;
 }
 
+/* "*@domain" or "local@domain" (retry rules for addresses) */
+static bool valid_addr_pattern(const char *s)
+{
+	const char *at = strrchr(s, '@'), *p;
+
+	if (at == NULL || at == s || !valid_glob(at + 1))
+		return false;
+	for (p = s; p < at; p++)
+		if ((unsigned char)*p <= ' ' || *p == '"' || *p == '@')
+			return false;
+	return true;
+}
+
 static int parse_hostlist(char *s, struct q_hostlist *l, char *why, size_t whylen)
 {
 	char *item;
@@ -1070,9 +1083,10 @@ static int retry_line(struct parser *p, char *s)
 		return PERR(p, "retry: expected 'retry PATTERN ERROR ALGORITHMS', "
 			    "e.g. 'retry * * F,2h,15m; G,16h,1h,1.5; F,4d,6h'");
 	if (strcmp(pattern, "*") != 0 && !valid_glob(pattern) &&
-	    !(pattern[0] == '*' && pattern[1] == '@' && valid_glob(pattern + 2)))
-		return PERR(p, "retry: '%s' is not a host or domain pattern such "
-			    "as example.com, *.example.com, *@example.com or *",
+	    !valid_addr_pattern(pattern))
+		return PERR(p, "retry: '%s' is not a host, domain or address "
+			    "pattern such as example.com, *.example.com, "
+			    "*@example.com or *",
 			    shown(pattern));
 	if (!q_retry_kind_valid(kind))
 		return PERR(p, "retry %s: unknown error kind '%s' (expected *, "

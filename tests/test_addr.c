@@ -394,6 +394,8 @@ static const struct {
 	  NULL, NULL },
 	{ "Reply-To: r@x\nX-To: y@x\nTo: a@x\n\n", "a@x", NULL, NULL },
 	{ "To: a@x,,, ,b@x\n\n", "a@x b@x", NULL, NULL },
+	{ "From someone@x Mon Jan  1 00:00:00 2024\nTo: a@x\n\n", "a@x", NULL, NULL },
+	{ "From: f@x\nFrom x\nTo: a@x\n\n", "", NULL, NULL },
 	/* errors */
 	{ "To: john\n\n", NULL, NULL, "To: bad address 'john': no @domain" },
 	{ "To: ok@x\nCc: a@x, b@-x\n\n", NULL, NULL,

@@ -402,8 +402,9 @@ static const struct {
 	{ "retry * * X,1h,5m\n", 1, "retry * *: item 1: unknown algorithm" },
 	{ "retry * * F,1h,5m; G,2h,1h,x\n", 1, "retry * *: item 2: bad factor" },
 	{ "retry * * F,2h,15m; F,1h,5m\n", 1, "retry * *: item 2" },
-	{ "retry (x) * F,2h,15m\n", 1, "retry: '(x)' is not a host or domain "
-	  "pattern" },
+	{ "retry (x) * F,2h,15m\n", 1, "retry: '(x)' is not a host, domain or "
+	  "address pattern" },
+	{ "retry @example.com * F,2h,15m\n", 1, "retry: '@example.com' is not" },
 	/* host lists and host specs in options */
 	{ "fallback_hosts = mx\n", 1,
 	  "fallback_hosts: 'mx' is allowed only in route lines" },
@@ -544,6 +545,7 @@ static void test_round_trip(void)
 		   "hosts_file = \"ends in backslash\\\\\"\n"
 		   "retry * * G,1d,7m,1.25; G,2d,1h,2; G,3d,1h,1.1\n"
 		   "retry *@example.org rcpt_4xx F,1h,1m\n"
+		   "retry postmaster@example.org * F,1d,1h\n"
 		   "route *.v6.example = [::1]:2525\n");
 }
 
