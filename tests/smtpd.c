@@ -13,7 +13,9 @@
  *    connection thread owns its struct conn and never touches another.
  *    Shared: the read-only script and options, the SSL_CTX, atomic
  *    counters, the record fd (O_APPEND, one write() per batch of lines,
- *    so lines of different connections never interleave).
+ *    so lines of different connections never interleave), and the list
+ *    of live connections (a mutex), through which the exit shuts their
+ *    sockets down and waits for their threads.
  *  - The record lines of a batch are written before the replies of that
  *    batch go out: whatever a client has seen is already in the record.
  *  - Memory per connection is bounded: command lines longer than MAX_LINE
@@ -851,6 +853,7 @@ struct conn {
 	int overlong;			/* discarding a too long line */
 	struct buf out, held, rec, msg, tmp;
 	struct buf last;		/* replies to this command (EHLO) */
+	struct buf gen;			/* big/longline replies */
 	int track;			/* collect them in last */
 	long group;
 	int replied;			/* output written since last wait */
@@ -1143,8 +1146,8 @@ static int run_rule(struct conn *c, const struct rule *r,
 			break;
 		case S_BIG:
 		case S_LONGLINE:
-			gen_big(&c->tmp, st);
-			emit(c, c->tmp.p, c->tmp.len, &x);
+			gen_big(&c->gen, st);	/* not tmp: d->text may be there */
+			emit(c, c->gen.p, c->gen.len, &x);
 			replied = 1;
 			break;
 		case S_DELAY:
@@ -2008,6 +2011,7 @@ static void conn_free(struct conn *c)
 	buf_free(&c->msg);
 	buf_free(&c->tmp);
 	buf_free(&c->last);
+	buf_free(&c->gen);
 	buf_free(&c->rcpts);
 	free(c);
 	/* OpenSSL keeps per-thread error state: release it now */
