@@ -1230,10 +1230,11 @@ int q_spool_create(struct q_spool *s, const struct q_newmsg *m,
 {
 	bool sync = !(flags & Q_CREATE_NOSYNC);
 	char id[Q_ID_LEN + 1], dname[Q_ID_LEN + 3], hname[Q_ID_LEN + 3];
+	char jname[Q_ID_LEN + 3];
 	struct q_env env;
 	struct q_buf b = { 0 };
-	int split = -1, ret = -1;
-	bool d_tmp = false, h_tmp = false, d_in = false;
+	int split = -1, ret = -1, jfd;
+	bool d_tmp = false, h_tmp = false, d_in = false, j_in = false;
 
 	assert(m != NULL && m->sender != NULL);
 	assert(m->nrcpt == 0 || m->rcpts != NULL);
@@ -1279,6 +1280,20 @@ int q_spool_create(struct q_spool *s, const struct q_newmsg *m,
 	}
 	d_tmp = false;
 	d_in = true;
+	/* An empty journal, made now so that a delivery only appends to it:
+	 * creating files is what a busy spool pays most for (on ext4 without
+	 * a journal every create scans the recently deleted inodes), and the
+	 * delivery path should create none. */
+	msg_name(jname, id, 'J');
+	jfd = openat(split, jname, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC |
+		     O_NOFOLLOW, 0600);
+	if (jfd < 0) {
+		q_err(error_r, "create %s/input/%c/%s: %s", s->dir,
+		      id[Q_ID_SPLIT_POS], jname, strerror(errno));
+		goto out;
+	}
+	close(jfd);
+	j_in = true;
 	/* the commit point */
 	if (renameat(s->tmp_fd, hname, split, hname) < 0) {
 		q_err(error_r, "rename %s/tmp/%s into input/%c/: %s", s->dir,
@@ -1287,6 +1302,7 @@ int q_spool_create(struct q_spool *s, const struct q_newmsg *m,
 	}
 	h_tmp = false;
 	d_in = false;
+	j_in = false;
 	if (sync && fsync(split) < 0) {
 		/* the message is there but may not survive a crash: say so,
 		 * and take it back so that the caller's retry is not a dup */
@@ -1294,6 +1310,7 @@ int q_spool_create(struct q_spool *s, const struct q_newmsg *m,
 		      id[Q_ID_SPLIT_POS], strerror(errno));
 		unlinkat(split, hname, 0);
 		unlinkat(split, dname, 0);
+		unlinkat(split, jname, 0);
 		goto out;
 	}
 	index_update(s, &env, 0);
@@ -1306,6 +1323,8 @@ out:
 		unlinkat(s->tmp_fd, hname, 0);
 	if (d_in)
 		unlinkat(split, dname, 0);
+	if (j_in)
+		unlinkat(split, jname, 0);
 	free(env.rcpt);
 	q_buf_free(&b);
 	return ret;
@@ -1480,13 +1499,16 @@ int q_msg_journal(struct q_msg *m, size_t idx, char state, int code,
 	}
 	if (m->jfd < 0) {
 		msg_name(name, m->id, 'J');
-		m->jfd = openat(m->split, name, O_WRONLY | O_APPEND | O_CREAT |
-				O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-		if (m->jfd >= 0)
-			m->jnew = true;
-		else if (errno == EEXIST)
+		/* usually there: q_spool_create makes an empty one */
+		m->jfd = openat(m->split, name, O_WRONLY | O_APPEND |
+				O_CLOEXEC | O_NOFOLLOW);
+		if (m->jfd < 0 && errno == ENOENT) {
 			m->jfd = openat(m->split, name, O_WRONLY | O_APPEND |
-					O_CLOEXEC | O_NOFOLLOW);
+					O_CREAT | O_EXCL | O_CLOEXEC |
+					O_NOFOLLOW, 0600);
+			if (m->jfd >= 0)
+				m->jnew = true;
+		}
 		if (m->jfd < 0) {
 			msg_errj(m, "open", error_r);
 			goto out;
@@ -1582,7 +1604,6 @@ static int msg_unlink_all(struct q_msg *m, const char **error_r)
 {
 	struct q_spool *s = m->spool;
 	char name[Q_ID_LEN + 3];
-	bool had_j;
 
 	msg_name(name, m->id, 'H');
 	if (unlinkat(m->split, name, 0) < 0 && errno != ENOENT)
@@ -1592,13 +1613,13 @@ static int msg_unlink_all(struct q_msg *m, const char **error_r)
 	if (unlinkat(m->split, name, 0) < 0 && errno != ENOENT)
 		return q_err(error_r, "unlink %s/input/%c/%s: %s", s->dir,
 			     m->id[Q_ID_SPLIT_POS], name, strerror(errno));
+	/* -J goes last, so that a process killed here never leaves an -H
+	 * without the journal of what was delivered. The order is not made
+	 * durable with an fsync per message: after a power loss the -H may
+	 * come back without its -J (and so may a journal written without
+	 * fdatasync), which repeats a delivery but loses nothing. A runner
+	 * makes its removals durable together with one q_spool_sync(). */
 	msg_name(name, m->id, 'J');
-	had_j = m->jfd >= 0 || faccessat(m->split, name, F_OK, 0) == 0;
-	/* the journal must not vanish (durably) before -H does, or a crash
-	 * could bring back an -H with pending recipients already delivered */
-	if (had_j && fsync(m->split) < 0)
-		return q_err(error_r, "fsync %s/input/%c: %s", s->dir,
-			     m->id[Q_ID_SPLIT_POS], strerror(errno));
 	if (unlinkat(m->split, name, 0) < 0 && errno != ENOENT)
 		return msg_errj(m, "unlink", error_r);
 	if (m->jfd >= 0)
