@@ -65,6 +65,7 @@ struct mstate {                /* one message of this run */
 	bool busy;             /* locked by another process: skipped */
 	bool counted;
 	struct job *fbjob;     /* this message's job on the fallback hosts */
+	struct q_buf mlog;     /* msglog lines not written yet */
 	pthread_mutex_t mu;
 };
 
@@ -591,18 +592,23 @@ static const struct q_retry_rule *rule_for(struct run *r, const char *host,
 				 kind, code);
 }
 
-static void mlog(struct run *r, const char *id, const char *fmt, ...)
+/* A line for the main log now, and for the message's own log (msglog)
+ * if the message stays on the queue: lines are kept with the message
+ * (m->mu held) and written at its commit only when something is left, so
+ * a delivered message never creates a msglog file. */
+static void mlog(struct run *r, struct mstate *m, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
-static void mlog(struct run *r, const char *id, const char *fmt, ...)
+static void mlog(struct run *r, struct mstate *m, const char *fmt, ...)
 {
 	char tmp[2048];
 	va_list ap;
 	va_start(ap, fmt);
 	vsnprintf(tmp, sizeof(tmp), fmt, ap);
 	va_end(ap);
-	q_log("%s %s", id, tmp);
-	(void)q_msglog(r->spool, id, tmp, NULL);
-	vlog(r, "%s %s", id, tmp);
+	q_log("%s %s", m->id, tmp);
+	(void)q_buf_adds(&m->mlog, tmp);
+	(void)q_buf_addc(&m->mlog, '\n');
+	vlog(r, "%s %s", m->id, tmp);
 }
 
 /* Lock the job's message (once per message while jobs run). Returns 0,
@@ -694,17 +700,25 @@ static void job_end(struct run *r, struct job *j)
 					r->conf->primary_hostname, bid, &err) < 0)
 				q_log("%s bounce not queued: %s", m->id, err);
 			else if (bid[0]) {
-				mlog(r, m->id, "<= bounce %s queued for %s", bid,
+				mlog(r, m, "<= bounce %s queued for %s", bid,
 				     env->sender);
 				stat_add(r, &r->st->bounces, 1);
 			}
 		}
 		bool done = q_env_pending(env) == 0;
+		if (!done && m->mlog.len > 0) {
+			for (char *l = m->mlog.data, *nl; *l; l = nl + 1) {
+				nl = strchr(l, '\n');
+				*nl = '\0';
+				(void)q_msglog(r->spool, m->id, l, NULL);
+			}
+		}
+		q_buf_free(&m->mlog);
 		if (q_msg_commit(m->msg, done ? 0 : m->next_try, &err) < 0) {
 			q_log("%s commit: %s", m->id, err);
 			vlog(r, "%s commit: %s", m->id, err);
 		} else if (done) {
-			mlog(r, m->id, "Completed");
+			mlog(r, m, "Completed");
 			stat_add(r, &r->st->completed, 1);
 		}
 		q_msg_unlock(&m->msg);
@@ -802,13 +816,13 @@ static void job_defer_all(struct run *r, struct dest *d, struct job *j,
 		if (bounce) {
 			note_result(r, m, j->rcpt[k], Q_RCPT_FAILED, e->code, host,
 				    e->text);
-			mlog(r, m->id, "** %s: %s%s", j->addr[k], e->text,
+			mlog(r, m, "** %s: %s%s", j->addr[k], e->text,
 			     d->route_status == Q_ROUTE_PERMANENT ? ""
 			     : " (retry timeout exceeded)");
 		} else {
 			note_result(r, m, j->rcpt[k], Q_RCPT_PENDING, e->code, host,
 				    e->text);
-			mlog(r, m->id, "== %s defer (%s): %s", j->addr[k], e->kind,
+			mlog(r, m, "== %s defer (%s): %s", j->addr[k], e->kind,
 			     e->text);
 		}
 	}
@@ -1079,13 +1093,13 @@ static enum send_result job_send(struct worker *w, struct conn_state *cs,
 		const char *text = texts[k] ? texts[k] : e.text;
 		if (code >= 200 && code < 300) {
 			note_result(r, m, map[k], Q_RCPT_DELIVERED, code, h->name, text);
-			mlog(r, m->id, "=> %s H=%s [%s]%s%s C=\"%d %s\"", rcpts[k],
+			mlog(r, m, "=> %s H=%s [%s]%s%s C=\"%d %s\"", rcpts[k],
 			     h->name, h->ip, tls ? " X=" : "", tls ? tls : "", code,
 			     text);
 		} else if (code >= 500 || (code == 0 && e.permanent)) {
 			int c = code ? code : e.code;
 			note_result(r, m, map[k], Q_RCPT_FAILED, c, h->name, text);
-			mlog(r, m->id, "** %s H=%s [%s]: %d %s", rcpts[k], h->name,
+			mlog(r, m, "** %s H=%s [%s]: %d %s", rcpts[k], h->name,
 			     h->ip, c, text);
 		} else {
 			int c = code ? code : e.code;
@@ -1094,7 +1108,7 @@ static enum send_result job_send(struct worker *w, struct conn_state *cs,
 			const char *kind = code >= 400 && strncmp(e.kind, "data_", 5) != 0
 					   ? "rcpt_4xx" : e.kind;
 			note_result(r, m, map[k], Q_RCPT_PENDING, c, h->name, text);
-			mlog(r, m->id, "== %s H=%s [%s] defer (%s): %d %s", rcpts[k],
+			mlog(r, m, "== %s H=%s [%s] defer (%s): %d %s", rcpts[k],
 			     h->name, h->ip, kind, c, text);
 			if (code >= 400) {
 				/* an address deferred by the host: its own key */
@@ -1332,6 +1346,7 @@ static void run_free(struct run *r)
 		if (m->msg)
 			q_msg_unlock(&m->msg);
 		pthread_mutex_destroy(&m->mu);
+		q_buf_free(&m->mlog);
 		free(m->failed);
 		free(m);
 	}
