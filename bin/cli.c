@@ -29,11 +29,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define CLI_FLUSH_AT (64 * 1024)
+#define CLI_FLUSH_AT (256 * 1024)
 
 struct cli cli;
 
-static char stdout_buf[1 << 20];
+static char stdout_buf[1 << 16];
 /* last character other than white space written before the last flush
  * of cli.out (for the JSON comma logic) */
 static char flushed_last;
@@ -92,9 +92,11 @@ _Noreturn void cli_oom(void)
 int cli_end(int code)
 {
 	cli_flush();
-	if (fflush(stdout) != 0 || ferror(stdout)) {
+	if (cli.out_errno == 0 && (fflush(stdout) != 0 || ferror(stdout)))
+		cli.out_errno = errno != 0 ? errno : EIO;
+	if (cli.out_errno != 0) {
 		fprintf(stderr, "%s: writing standard output: %s\n", cli.prog,
-			strerror(errno));
+			strerror(cli.out_errno));
 		if (code == EX_OK)
 			code = EX_IOERR;
 	}
@@ -226,6 +228,12 @@ struct q_hints *cli_hints(void)
 /* ------------------------------------------------------------------ */
 /* output */
 
+void cli_grow(size_t n)
+{
+	if (q_buf_reserve(&cli.out, n + 1) < 0)
+		cli_oom();
+}
+
 static char last_significant(void)
 {
 	size_t i = cli.out.len;
@@ -242,11 +250,27 @@ static char last_significant(void)
 
 static void write_out(void)
 {
-	if (cli.out.len > 0) {
-		flushed_last = last_significant();
-		fwrite(cli.out.data, 1, cli.out.len, stdout);
-		q_buf_reset(&cli.out);
+	const char *p = cli.out.data;
+	size_t left = cli.out.len;
+
+	if (left == 0)
+		return;
+	flushed_last = last_significant();
+	/* whatever went through stdio first (usage texts, q_conf_print) */
+	fflush(stdout);
+	while (left > 0 && cli.out_errno == 0) {
+		ssize_t n = write(STDOUT_FILENO, p, left);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			cli.out_errno = errno;
+			break;
+		}
+		p += n;
+		left -= (size_t)n;
 	}
+	q_buf_reset(&cli.out);
 }
 
 void cli_flush(void)
@@ -261,21 +285,45 @@ void cli_flush_maybe(void)
 		write_out();
 }
 
-void cli_putn(const char *s, size_t n)
+void cli_pad(int n)
 {
-	if (q_buf_add(&cli.out, s, n) < 0)
-		cli_oom();
+	static const char sp[] = "                                ";
+
+	while (n > 0) {
+		int k = n < (int)sizeof(sp) - 1 ? n : (int)sizeof(sp) - 1;
+
+		cli_putn(sp, (size_t)k);
+		n -= k;
+	}
 }
 
-void cli_put(const char *s)
+/* digits of v into the end of buf; returns the start */
+static char *u64_digits(uint64_t v, char *end)
 {
-	cli_putn(s, strlen(s));
+	char *p = end;
+
+	do {
+		*--p = (char)('0' + v % 10);
+		v /= 10;
+	} while (v != 0);
+	return p;
 }
 
-void cli_putc(char c)
+void cli_put_u64(uint64_t v)
 {
-	if (q_buf_addc(&cli.out, c) < 0)
-		cli_oom();
+	char buf[24], *p = u64_digits(v, buf + sizeof(buf));
+
+	cli_putn(p, (size_t)(buf + sizeof(buf) - p));
+}
+
+void cli_put_i64(long long v)
+{
+	if (v < 0) {
+		cli_putc('-');
+		cli_put_u64((uint64_t)0 - (uint64_t)v);
+	} else {
+		cli_put_u64((uint64_t)v);
+	}
 }
 
 void cli_printf(const char *fmt, ...)
@@ -293,12 +341,22 @@ void cli_printf(const char *fmt, ...)
 		cli_putn(small, (size_t)n);
 		return;
 	}
-	if (q_buf_reserve(&cli.out, (size_t)n + 1) < 0)
-		cli_oom();
+	cli_grow((size_t)n);
 	va_start(ap, fmt);
 	vsnprintf(cli.out.data + cli.out.len, (size_t)n + 1, fmt, ap);
 	va_end(ap);
 	cli.out.len += (size_t)n;
+}
+
+/* length of the leading run that needs no escaping for a terminal */
+static size_t plain_run(const char *s, size_t n)
+{
+	size_t i = 0;
+
+	while (i < n && (unsigned char)s[i] >= 0x20 && (unsigned char)s[i] <= 0x7e &&
+	       s[i] != '\\')
+		i++;
+	return i;
 }
 
 void cli_buf_safe(struct q_buf *b, const char *s, size_t n)
@@ -321,6 +379,12 @@ void cli_buf_safe(struct q_buf *b, const char *s, size_t n)
 
 void cli_put_safe(const char *s, size_t n)
 {
+	size_t plain = plain_run(s, n);
+
+	if (plain == n) {
+		cli_putn(s, n);
+		return;
+	}
 	cli_buf_safe(&cli.out, s, n);
 }
 
@@ -355,9 +419,29 @@ void cli_json_close(char c)
 void cli_json_key(const char *key)
 {
 	json_sep();
-	if (q_json_str(&cli.out, key, strlen(key)) < 0)
-		cli_oom();
+	cli_json_lit(key, strlen(key));
 	cli_putc(':');
+}
+
+void cli_json_lit(const char *s, size_t n)
+{
+	size_t i = 0;
+
+	while (i < n && (unsigned char)s[i] >= 0x20 && (unsigned char)s[i] <= 0x7e &&
+	       s[i] != '"' && s[i] != '\\')
+		i++;
+	if (i == n) {
+		if (cli.out.data == NULL || n + 3 >= cli.out.cap - cli.out.len)
+			cli_grow(n + 2);
+		cli.out.data[cli.out.len++] = '"';
+		memcpy(cli.out.data + cli.out.len, s, n);
+		cli.out.len += n;
+		cli.out.data[cli.out.len++] = '"';
+		cli.out.data[cli.out.len] = '\0';
+		return;
+	}
+	if (q_json_str(&cli.out, s, n) < 0)
+		cli_oom();
 }
 
 void cli_json_strn(const char *s, size_t n)
@@ -367,8 +451,7 @@ void cli_json_strn(const char *s, size_t n)
 		cli_put("null");
 		return;
 	}
-	if (q_json_str(&cli.out, s, n) < 0)
-		cli_oom();
+	cli_json_lit(s, n);
 }
 
 void cli_json_str(const char *s)
@@ -379,7 +462,7 @@ void cli_json_str(const char *s)
 void cli_json_int(long long v)
 {
 	json_sep();
-	cli_printf("%lld", v);
+	cli_put_i64(v);
 }
 
 void cli_json_bool(bool v)
@@ -409,39 +492,65 @@ void cli_json_kbool(const char *key, bool v)
 /* ------------------------------------------------------------------ */
 /* formatting */
 
+/* "<whole>.<tenth><unit>" or "<whole><unit>" into buf */
+static char *fmt_unit(char *buf, size_t size, uint64_t whole, int tenth, char unit)
+{
+	char tmp[32], *p = tmp + sizeof(tmp);
+	size_t n;
+
+	*--p = '\0';
+	if (unit != '\0')
+		*--p = unit;
+	if (tenth >= 0) {
+		*--p = (char)('0' + tenth);
+		*--p = '.';
+	}
+	p = u64_digits(whole, p);
+	n = (size_t)(tmp + sizeof(tmp) - p);
+	if (size > 0) {
+		if (n > size)
+			n = size;
+		memcpy(buf, p, n);
+		buf[n - 1] = '\0';
+	}
+	return buf;
+}
+
 char *cli_fmt_age(long long secs, char *buf, size_t size)
 {
-	long long m = secs > 0 ? secs / 60 : 0;
+	uint64_t m = secs > 0 ? (uint64_t)secs / 60 : 0;
 
 	if (m <= 90)
-		snprintf(buf, size, "%lldm", m);
-	else if ((m + 30) / 60 <= 72)
-		snprintf(buf, size, "%lldh", (m + 30) / 60);
-	else
-		snprintf(buf, size, "%lldd", ((m + 30) / 60 + 12) / 24);
-	return buf;
+		return fmt_unit(buf, size, m, -1, 'm');
+	if ((m + 30) / 60 <= 72)
+		return fmt_unit(buf, size, (m + 30) / 60, -1, 'h');
+	return fmt_unit(buf, size, ((m + 30) / 60 + 12) / 24, -1, 'd');
+}
+
+/* v / unit rounded to the nearest, without overflow */
+static uint64_t div_round(uint64_t v, uint64_t unit)
+{
+	return v / unit + (v % unit >= unit - unit / 2 ? 1 : 0);
 }
 
 char *cli_fmt_size(uint64_t v, char *buf, size_t size)
 {
 	static const char units[] = "KMGTPE";
-	double d;
-	int u;
+	uint64_t unit = 1024, tenths;
+	int u = 0;
 
-	if (v < 1024) {
-		snprintf(buf, size, "%u", (unsigned)v);
-		return buf;
+	if (v < 1024)
+		return fmt_unit(buf, size, v, -1, '\0');
+	/* the unit in which the figure, rounded, stays below 1024 */
+	while (div_round(v, unit) >= 1024 && units[u + 1] != '\0') {
+		unit *= 1024;
+		u++;
 	}
-	d = (double)v / 1024.0;
-	/* the unit in which the rounded figure stays below 1024 */
-	for (u = 0; d >= 1023.5 && units[u + 1] != '\0'; u++)
-		d /= 1024.0;
-	/* one decimal below 10 (as exim -bp does), none above */
-	if (d < 9.95)
-		snprintf(buf, size, "%.1f%c", d, units[u]);
-	else
-		snprintf(buf, size, "%.0f%c", d, units[u]);
-	return buf;
+	/* (v % unit) * 10 < 2^64 since unit <= 2^60 */
+	tenths = v / unit * 10 + div_round(v % unit * 10, unit);
+	if (tenths < 100)
+		return fmt_unit(buf, size, tenths / 10, (int)(tenths % 10), units[u]);
+	return fmt_unit(buf, size, div_round(v, unit), -1, units[u]);
 }
 
 long long cli_time_arg(const char *opt, const char *s)

@@ -318,56 +318,87 @@ static bool list_match(struct list_ctx *lc, const struct q_index_rec *r)
 	return true;
 }
 
+/* a string literal, its length known at compile time */
+#define PUTLIT(s) cli_putn(s, sizeof(s) - 1)
+
+/* The two functions below run once per message of a listing: they write
+ * into cli.out directly (no printf, no JSON separator logic). */
 static void list_json(const struct q_index_rec *r)
 {
-	const char *p = r->rcpts;
+	const char *p = r->rcpts, *sender = r->sender != NULL ? r->sender : "";
+	bool first = true;
 
-	cli_json_open('{');
-	cli_json_kstr("id", r->id);
-	cli_json_kstr("sender", r->sender != NULL ? r->sender : "");
-	cli_json_kint("arrival", (long long)r->arrival);
-	cli_json_kint("age", (long long)(cli.now - r->arrival));
-	cli_json_kint("size", (long long)r->size);
-	cli_json_kbool("frozen", (r->flags & Q_ENV_FROZEN) != 0);
-	cli_json_kint("next_try", (long long)r->next_try);
-	cli_json_key("recipients");
-	cli_json_open('[');
+	PUTLIT("{\"id\":\"");
+	cli_putn(r->id, strlen(r->id));
+	PUTLIT("\",\"sender\":");
+	cli_json_lit(sender, strlen(sender));
+	PUTLIT(",\"arrival\":");
+	cli_put_i64((long long)r->arrival);
+	PUTLIT(",\"age\":");
+	cli_put_i64((long long)(cli.now - r->arrival));
+	PUTLIT(",\"size\":");
+	cli_put_u64(r->size);
+	if ((r->flags & Q_ENV_FROZEN) != 0)
+		PUTLIT(",\"frozen\":true,\"next_try\":");
+	else
+		PUTLIT(",\"frozen\":false,\"next_try\":");
+	cli_put_i64((long long)r->next_try);
+	PUTLIT(",\"recipients\":[");
 	while (p != NULL && *p != '\0') {
 		const char *nl = strchr(p, '\n');
 		size_t len = nl != NULL ? (size_t)(nl - p) : strlen(p);
 
 		if (len >= 2) {
-			cli_json_open('{');
-			cli_json_key("address");
-			cli_json_strn(p + 2, len - 2);
-			cli_json_kstr("state", cli_state_name(p[0]));
-			cli_json_close('}');
+			if (!first)
+				cli_putc(',');
+			first = false;
+			PUTLIT("{\"address\":");
+			cli_json_lit(p + 2, len - 2);
+			switch (p[0]) {
+			case 'D': PUTLIT(",\"state\":\"delivered\"}"); break;
+			case 'F': PUTLIT(",\"state\":\"failed\"}"); break;
+			case 'P': PUTLIT(",\"state\":\"pending\"}"); break;
+			default: PUTLIT(",\"state\":\"unknown\"}"); break;
+			}
 		}
 		p = nl != NULL ? nl + 1 : NULL;
 	}
-	cli_json_close(']');
-	cli_json_close('}');
+	PUTLIT("]}");
 }
 
 static void list_text(const struct q_index_rec *r)
 {
-	char age[16], size[16];
+	char age[24], size[24];
 	const char *p = r->rcpts;
+	size_t n;
 
-	cli_printf("%3s %5s %s <", cli_fmt_age((long long)(cli.now - r->arrival),
-					       age, sizeof(age)),
-		   cli_fmt_size(r->size, size, sizeof(size)), r->id);
+	/* "%3s %5s %s <" */
+	cli_fmt_age((long long)(cli.now - r->arrival), age, sizeof(age));
+	cli_fmt_size(r->size, size, sizeof(size));
+	n = strlen(age);
+	cli_pad(3 - (int)n);
+	cli_putn(age, n);
+	cli_putc(' ');
+	n = strlen(size);
+	cli_pad(5 - (int)n);
+	cli_putn(size, n);
+	cli_putc(' ');
+	cli_putn(r->id, strlen(r->id));
+	PUTLIT(" <");
 	cli_puts_safe(r->sender);
-	cli_put((r->flags & Q_ENV_FROZEN) != 0 ? "> *** frozen ***\n" : ">\n");
+	if ((r->flags & Q_ENV_FROZEN) != 0)
+		PUTLIT("> *** frozen ***\n");
+	else
+		PUTLIT(">\n");
 	while (p != NULL && *p != '\0') {
 		const char *nl = strchr(p, '\n');
 		size_t len = nl != NULL ? (size_t)(nl - p) : strlen(p);
 
 		if (len >= 2) {
 			switch (p[0]) {
-			case 'D': cli_put("        D "); break;
-			case 'F': cli_put("        F "); break;
-			default: cli_put("          "); break;
+			case 'D': PUTLIT("        D "); break;
+			case 'F': PUTLIT("        F "); break;
+			default: PUTLIT("          "); break;
 			}
 			cli_put_safe(p + 2, len - 2);
 			cli_putc('\n');
