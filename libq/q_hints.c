@@ -124,9 +124,13 @@ static void db_msg_clear(void)
 
 static void db_msg_add(const char *msg)
 {
-	size_t have = strlen(db_msg);
+	size_t have = strlen(db_msg), n;
 
 	if (msg == NULL || have + 8 >= sizeof(db_msg))
+		return;
+	/* Berkeley DB repeats itself (once per page): say it once. */
+	n = strlen(msg);
+	if (have >= n && strcmp(db_msg + have - n, msg) == 0)
 		return;
 	snprintf(db_msg + have, sizeof(db_msg) - have, "%s%s",
 		 have > 0 ? "; " : "", msg);
@@ -325,6 +329,24 @@ static int open_one_db(struct henv *e, struct hdb *d)
 	return 0;
 }
 
+/* After a panic Berkeley DB refuses to close a DB handle (DB->close
+ * returns DB_RUNRECOVERY before freeing anything), and touching the
+ * panicked regions to force it would risk writing stale pages. Such
+ * handles are kept here, reachable, for the life of the process: a few
+ * dozen KB per panic, and panics are rare (a process dying mid-write, a
+ * damaged page). Beyond the table they are simply dropped. */
+static pthread_mutex_t grave_lock = PTHREAD_MUTEX_INITIALIZER;
+static DB *grave[64];
+static size_t grave_n;
+
+static void grave_keep(DB *db)
+{
+	pthread_mutex_lock(&grave_lock);
+	if (grave_n < sizeof(grave) / sizeof(*grave))
+		grave[grave_n++] = db;
+	pthread_mutex_unlock(&grave_lock);
+}
+
 /* Close the databases and the environment (all errors ignored: this also
  * runs on a panicked environment). */
 static void env_stop(struct henv *e, bool checkpoint)
@@ -338,9 +360,10 @@ static void env_stop(struct henv *e, bool checkpoint)
 	if (e->env != NULL && checkpoint && wrote)
 		(void)e->env->txn_checkpoint(e->env, Q_HINTS_CLOSE_CKP_KB, 0, 0);
 	for (d = e->dbs; d != NULL; d = d->next) {
-		if (d->db != NULL)
-			(void)d->db->close(d->db, atomic_load(&d->wrote) ? 0
-								    : DB_NOSYNC);
+		if (d->db != NULL &&
+		    d->db->close(d->db, atomic_load(&d->wrote) ? 0 : DB_NOSYNC) ==
+		    DB_RUNRECOVERY)
+			grave_keep(d->db);
 		d->db = NULL;
 		atomic_store(&d->wrote, false);
 	}
@@ -386,6 +409,33 @@ static int wipe_regions(const char *dir, const char **error_r)
 	return 0;
 }
 
+/* A failed recovery leaves this process's line in __db.register (so that
+ * the next opener recovers), and Berkeley DB then refuses a second try
+ * from the same pid ("one open DB_ENV handle per environment"). This
+ * process has no handle on dir here and holds the open lock: turn such
+ * a line into one of pid 0, which still reads as "a process died". */
+static void register_scrub(const char *dir)
+{
+	char path[PATH_MAX], mine[32], line[26];
+	off_t off;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/__db.register", dir);
+	if ((fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW)) < 0)
+		return;
+	snprintf(mine, sizeof(mine), "%24lu\n", (unsigned long)getpid());
+	for (off = 0; off < (1 << 20); off += 25) {
+		if (pread(fd, line, 25, off) != 25)
+			break;
+		if (memcmp(line, mine, 25) == 0) {
+			snprintf(line, sizeof(line), "%24lu\n", 0ul);
+			if (pwrite(fd, line, 25, off) != 25)
+				break;
+		}
+	}
+	close(fd);
+}
+
 /* Take the use lock; when alone, throw the old regions away. Then open
  * the environment and every database of e. Returns a Berkeley DB code
  * (0 on success); -1 for a system error already in the error text. */
@@ -422,6 +472,7 @@ static int env_attach(struct henv *e, const char **error_r)
 		}
 	}
 	e->use_fd = fd;
+	register_scrub(e->dir);
 
 	/* Berkeley DB creates its register file 0660 & ~umask: make it 0600
 	 * first (an empty register means "recover", as a missing one). */

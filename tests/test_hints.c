@@ -1185,6 +1185,9 @@ static void test_corruption(void)
 			if (notice == NULL)
 				notice = "(reported by the walk)";
 		}
+		if (getenv("QKIT_TEST_VERBOSE") != NULL)
+			fprintf(stderr, "corruption case %zu (%s): %s\n", i,
+				cases[i].file, notice != NULL ? notice : "intact");
 		if (notice != NULL) {
 			CU_ASSERT(cases[i].expect != EXPECT_INTACT);
 			CU_ASSERT_EQUAL(count_corrupt_dirs(dir), 1);
@@ -1240,7 +1243,12 @@ static void test_corrupt_notice(void)
 		CU_ASSERT_EQUAL((size_t)st.st_size,
 				strlen("this is not a database at all"));
 	}
-	CU_ASSERT_EQUAL(get_s(h, Q_DB_RETRY, "k", &(struct q_buf){ 0 }), Q_NOTFOUND);
+	{
+		struct q_buf b = { 0 };
+
+		CU_ASSERT_EQUAL(get_s(h, Q_DB_RETRY, "k", &b), Q_NOTFOUND);
+		q_buf_free(&b);
+	}
 	q_hints_close(&h);
 }
 
