@@ -14,6 +14,7 @@
  */
 #include "config.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +39,56 @@ static void list_suites(void)
 #include "build/suites.inc"
 #undef SUITE
 }
+
+/* Without sanitizers, a crash names the test that was running (ASan and
+ * UBSan print their own report, so their handlers are left alone). */
+#if !defined(__SANITIZE_ADDRESS__)
+static void say(const char *s)
+{
+	size_t n = strlen(s);
+
+	while (n > 0) {
+		ssize_t w = write(2, s, n);
+
+		if (w <= 0)
+			return;
+		s += w;
+		n -= (size_t)w;
+	}
+}
+
+static void on_crash(int sig)
+{
+	CU_pSuite s = CU_get_current_suite();
+	CU_pTest t = CU_get_current_test();
+
+	say("\nunit: ");
+	say(strsignal(sig));
+	say(" in suite '");
+	say(s != NULL && s->pName != NULL ? s->pName : "?");
+	say("', test '");
+	say(t != NULL && t->pName != NULL ? t->pName : "?");
+	say("'\n");
+	raise(sig);     /* SA_RESETHAND: the default action now */
+}
+
+static void crash_handlers(void)
+{
+	static const int sigs[] = { SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT };
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_crash;
+	sa.sa_flags = SA_RESETHAND | SA_NODEFER;
+	sigemptyset(&sa.sa_mask);
+	for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
+		sigaction(sigs[i], &sa, NULL);
+}
+#else
+static void crash_handlers(void)
+{
+}
+#endif
 
 static void usage(void)
 {
@@ -88,6 +139,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	CU_basic_set_mode(mode);
+	crash_handlers();
 	if (suite_name != NULL) {
 		CU_pSuite s = CU_get_suite(suite_name);
 
