@@ -97,24 +97,46 @@ void q_id_new(char id[Q_ID_LEN + 1])
 	id[Q_ID_LEN] = '\0';
 }
 
+/* 1 + digit value for base-62 digits, 0 for every other byte */
+static const unsigned char b62_tab[256] = {
+#define D(c, v) [c] = (v) + 1
+	D('0', 0), D('1', 1), D('2', 2), D('3', 3), D('4', 4), D('5', 5),
+	D('6', 6), D('7', 7), D('8', 8), D('9', 9),
+	D('A', 10), D('B', 11), D('C', 12), D('D', 13), D('E', 14), D('F', 15),
+	D('G', 16), D('H', 17), D('I', 18), D('J', 19), D('K', 20), D('L', 21),
+	D('M', 22), D('N', 23), D('O', 24), D('P', 25), D('Q', 26), D('R', 27),
+	D('S', 28), D('T', 29), D('U', 30), D('V', 31), D('W', 32), D('X', 33),
+	D('Y', 34), D('Z', 35),
+	D('a', 36), D('b', 37), D('c', 38), D('d', 39), D('e', 40), D('f', 41),
+	D('g', 42), D('h', 43), D('i', 44), D('j', 45), D('k', 46), D('l', 47),
+	D('m', 48), D('n', 49), D('o', 50), D('p', 51), D('q', 52), D('r', 53),
+	D('s', 54), D('t', 55), D('u', 56), D('v', 57), D('w', 58), D('x', 59),
+	D('y', 60), D('z', 61),
+#undef D
+};
+
 bool q_id_valid(const char *id)
 {
-	int64_t usec;
+	const unsigned char *u = (const unsigned char *)id;
+	unsigned usec;
 
 	if (id == NULL)
 		return false;
+	/* (a NUL has no table entry, so the loop never reads past it) */
 	for (int i = 0; i < Q_ID_LEN; i++) {
 		if (i == SECS_W || i == SECS_W + 1 + USEC_W) {
-			if (id[i] != '-')
+			if (u[i] != '-')
 				return false;
-		} else if (b62_val(id[i]) < 0) {
-			return false;   /* also stops at a NUL */
+		} else if (b62_tab[u[i]] == 0) {
+			return false;
 		}
 	}
-	if (id[Q_ID_LEN] != '\0')
+	if (u[Q_ID_LEN] != '\0')
 		return false;
-	usec = b62_get(id + SECS_W + 1, USEC_W);
-	return usec >= 0 && usec < 1000000;
+	usec = 0;
+	for (int i = SECS_W + 1; i < SECS_W + 1 + USEC_W; i++)
+		usec = usec * 62 + (unsigned)(b62_tab[u[i]] - 1);
+	return usec < 1000000;
 }
 
 time_t q_id_time(const char *id)

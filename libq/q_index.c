@@ -450,19 +450,63 @@ static bool fixes_apply(struct q_hints *h, struct fixes *f)
 	return ok;
 }
 
-/* Decode an index value for id; when it does not decode, read -H instead
+/* q_index_rec_decode without a malloc per string: the strings are
+ * copied (NUL-terminated) into scratch, and r points into it (so r must
+ * not be cleared). The same checks as q_index_rec_decode. */
+static int rec_decode_view(const void *val, size_t len, const char *id,
+			   struct q_index_rec *r, struct q_buf *scratch)
+{
+	struct q_rec_reader rd;
+	size_t off[5];
+	uint32_t n;
+
+	memset(r, 0, sizeof(*r));
+	q_buf_reset(scratch);
+	q_rec_reader_init(&rd, val, len);
+	if (q_rec_get_u8(&rd) != INDEX_VERSION || rd.bad)
+		return -1;
+	for (int k = 0; k < 5; k++) {
+		n = q_rec_get_u32(&rd);
+		if (rd.bad || n > rd.left)
+			return -1;
+		off[k] = scratch->len;
+		if (q_buf_add(scratch, rd.p, n) < 0 || q_buf_addc(scratch, '\0') < 0)
+			return -1;
+		rd.p += n;
+		rd.left -= n;
+		if (k > 0)
+			continue;
+		/* the id, then the fixed fields */
+		if (n != Q_ID_LEN || memcmp(scratch->data + off[0], id, Q_ID_LEN) != 0)
+			return -1;
+		r->arrival = (time_t)q_rec_get_u64(&rd);
+		r->size = q_rec_get_u64(&rd);
+		r->nrcpt = q_rec_get_u32(&rd);
+		r->npending = q_rec_get_u32(&rd);
+		r->flags = q_rec_get_u32(&rd);
+		r->next_try = (time_t)q_rec_get_u64(&rd);
+		if (rd.bad || r->npending > r->nrcpt)
+			return -1;
+	}
+	if (rd.left != 0)
+		return -1;
+	memcpy(r->id, id, Q_ID_LEN);
+	r->id[Q_ID_LEN] = '\0';
+	r->sender = scratch->data + off[1];
+	r->rcpt1 = scratch->data + off[2];
+	r->domains = scratch->data + off[3];
+	r->rcpts = scratch->data + off[4];
+	return 0;
+}
+
+/* Read id's -H into r (the index lacks it or its record does not decode)
  * and queue a repair. 0, Q_NOTFOUND (skip), -1. */
-static int rec_for(struct q_spool *s, const char *id, const void *val,
-		   size_t len, struct q_index_rec *r, struct fixes *f,
-		   const char **error_r)
+static int rec_repair(struct q_spool *s, const char *id, struct q_index_rec *r,
+		      struct fixes *f, const char **error_r)
 {
 	struct q_index_rec copy;
 	int ret;
 
-	if (val != NULL && q_index_rec_decode(val, len, r, NULL) == 0 &&
-	    memcmp(r->id, id, Q_ID_LEN) == 0)
-		return 0;
-	q_index_rec_clear(r);
 	ret = rec_from_spool(s, id, r, error_r);
 	if (ret != 0)
 		return ret;
@@ -508,8 +552,13 @@ struct dstamp {
 
 static int split_of(char c)
 {
-	const char *p = strchr(q_b62, c);
-	return c != '\0' && p != NULL ? (int)(p - q_b62) : -1;
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'A' && c <= 'Z')
+		return c - 'A' + 10;
+	if (c >= 'a' && c <= 'z')
+		return c - 'a' + 36;
+	return -1;
 }
 
 static void stamps_load(struct q_spool *s, const char *boot,
@@ -653,6 +702,7 @@ int q_spool_list(struct q_spool *s, q_list_fn *fn, void *ctx,
 	struct lctx ix = { 0 };
 	struct fixes fx = { 0 };
 	struct dstamp old[NSPLIT], neu[NSPLIT];
+	struct q_buf scratch = { 0 };
 	struct stat pre[NSPLIT], post;
 	int pre_r[NSPLIT];
 	bool trusted[NSPLIT], stamps_changed = false, complete = false;
@@ -738,11 +788,20 @@ int q_spool_list(struct q_spool *s, q_list_fn *fn, void *ctx,
 			i++;
 			continue;
 		}
-		if (c <= 0)
-			e = rec_for(s, id, ix.vals.data + ix.v[i].off,
-				    ix.v[i].len, &r, &fx, error_r);
-		else
-			e = rec_for(s, id, NULL, 0, &r, &fx, error_r);
+		if (c <= 0 && rec_decode_view(ix.vals.data + ix.v[i].off,
+					      ix.v[i].len, id, &r, &scratch) == 0) {
+			/* the fast path: strings point into scratch */
+			i++;
+			if (c == 0)
+				j++;
+			e = fn(&r, ctx);
+			if (e != 0) {
+				ret = e < 0 ? -1 : 0;
+				break;
+			}
+			continue;
+		}
+		e = rec_repair(s, id, &r, &fx, error_r);
 		if (c <= 0)
 			i++;
 		if (c >= 0)
@@ -786,6 +845,7 @@ out:
 	free(ix.v);
 	q_buf_free(&ix.vals);
 	q_buf_free(&ix.badkeys);
+	q_buf_free(&scratch);
 	return ret;
 }
 

@@ -28,8 +28,9 @@
  *
  * Invariants:
  * - A message is listed iff input/<c>/<id>-H exists. Creation renames -D
- *   then -H into place (the rename of -H commits); removal unlinks -H
- *   first. A crash leaves at worst an orphan -D/-J or files under tmp/,
+ *   into place, creates an empty -J, then renames -H (the commit);
+ *   removal unlinks -H first. A commit empties -J rather than removing
+ *   it, so the delivery path creates no files. A crash leaves at worst an orphan -D/-J or files under tmp/,
  *   which no listing shows (q_index_rebuild removes old ones).
  * - Every change to a message is made under its lock: an OFD write lock
  *   (F_OFD_SETLK) on -D opened O_RDWR. Rewrites of -H go through tmp/,
@@ -1292,6 +1293,8 @@ int q_spool_create(struct q_spool *s, const struct q_newmsg *m,
 		      id[Q_ID_SPLIT_POS], jname, strerror(errno));
 		goto out;
 	}
+	if (s->fix_mode)
+		(void)fchmod(jfd, 0600);
 	close(jfd);
 	j_in = true;
 	/* the commit point */
@@ -1583,15 +1586,13 @@ static int env_rewrite(struct q_msg *m, const char **error_r)
 		goto out;
 	}
 	/* the journal is merged: a crash from here on applies it twice,
-	 * which only recounts tries (see the top of this file) */
-	msg_name(name, m->id, 'J');
-	if (unlinkat(m->split, name, 0) < 0 && errno != ENOENT) {
-		msg_errj(m, "unlink", error_r);
+	 * which only recounts tries (see the top of this file). It is
+	 * emptied, not removed, so that the next attempt creates no file
+	 * (q_spool_create makes the empty -J with the message). */
+	if (m->jfd >= 0 && ftruncate(m->jfd, 0) < 0) {
+		msg_errj(m, "truncate", error_r);
 		goto out;
 	}
-	if (m->jfd >= 0)
-		close(m->jfd);
-	m->jfd = -1;
 	m->jnew = m->jdirty = false;
 	ret = 0;
 out:

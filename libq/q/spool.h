@@ -103,8 +103,9 @@ struct q_newmsg {
 #define Q_CREATE_NOSYNC 0x01  /* no fsync (bulk loads; call q_spool_sync) */
 
 /* Create a message atomically: -D and -H are written under tmp/,
- * fsynced, renamed into input/<c>/ (-D first, -H last: the rename of -H
- * is the commit point), and the directory is fsynced. Then the index is
+ * fsynced, renamed into input/<c>/ (-D first, then an empty -J is
+ * created, -H last: the rename of -H is the commit point), and the
+ * directory is fsynced. Then the index is
  * updated (a failure there is not an error: the index is a hint).
  * Addresses must already be checked. Writes the new id to id_r. */
 Q_API int q_spool_create(struct q_spool *spool, const struct q_newmsg *m,
@@ -167,9 +168,11 @@ Q_API int q_msg_journal_sync(struct q_msg *msg, const char **error_r);
 /* Merge the journal into -H (write tmp, fsync, rename), remove -J, and
  * update the index entry (next_try is stored there; 0 = due now).
  * When no recipient is pending the message is removed from the spool
- * instead: -H, then -D, then -J (after an fsync of the directory when
- * there is a journal), then msglog/<id> and the index entry; the msg then
- * only accepts q_msg_unlock. Returns 0 or -1. */
+ * instead: -H, then -D, then -J, then msglog/<id> and the index entry
+ * (no directory fsync per message: a runner makes its removals durable
+ * with one q_spool_sync); the msg then only accepts q_msg_unlock.
+ * Otherwise -J is left empty (not removed) for the next attempt.
+ * Returns 0 or -1. */
 Q_API int q_msg_commit(struct q_msg *msg, time_t next_try, const char **error_r);
 
 /* Freeze (reason may be NULL) or thaw; written at once (-H rewritten
