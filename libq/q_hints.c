@@ -347,41 +347,88 @@ static void grave_keep(DB *db)
 	pthread_mutex_unlock(&grave_lock);
 }
 
+static int open_lock(const char *dir, const char **error_r);
+static void stamp_write(const char *dir);
+
 /* Close the databases and the environment (all errors ignored: this also
- * runs on a panicked environment). */
-static void env_stop(struct henv *e, bool checkpoint)
+ * runs on a panicked environment). final: the process is done with the
+ * directory (checkpoint if it wrote; stamp the regions if it was last). */
+static void env_stop(struct henv *e, bool final)
 {
 	struct hdb *d;
-	bool wrote = false;
+	bool wrote = false, clean = e->env != NULL;
 
+	if (atomic_load(&e->panic) != PANIC_NONE)
+		clean = false;
 	for (d = e->dbs; d != NULL; d = d->next)
 		if (d->db != NULL && atomic_load(&d->wrote))
 			wrote = true;
-	if (e->env != NULL && checkpoint && wrote)
+	if (e->env != NULL && final && wrote && clean)
 		(void)e->env->txn_checkpoint(e->env, Q_HINTS_CLOSE_CKP_KB, 0, 0);
 	for (d = e->dbs; d != NULL; d = d->next) {
-		if (d->db != NULL &&
-		    d->db->close(d->db, atomic_load(&d->wrote) ? 0 : DB_NOSYNC) ==
-		    DB_RUNRECOVERY)
-			grave_keep(d->db);
+		if (d->db != NULL) {
+			int rc = d->db->close(d->db, atomic_load(&d->wrote)
+						     ? 0 : DB_NOSYNC);
+
+			if (rc == DB_RUNRECOVERY)
+				grave_keep(d->db);
+			if (rc != 0)
+				clean = false;
+		}
 		d->db = NULL;
 		atomic_store(&d->wrote, false);
 	}
-	if (e->env != NULL)
-		(void)e->env->close(e->env, 0);
+	if (e->env != NULL && e->env->close(e->env, 0) != 0)
+		clean = false;
 	e->env = NULL;
+	if (final && clean && e->use_fd >= 0) {
+		char path[PATH_MAX];
+		struct stat a, b;
+		int lfd = open_lock(e->dir, NULL);
+
+		/* Last one out (and still the same lock file): stamp. */
+		snprintf(path, sizeof(path), "%s/%s", e->dir, use_lock_name);
+		if (lfd >= 0 && fstat(e->use_fd, &a) == 0 &&
+		    stat(path, &b) == 0 && a.st_dev == b.st_dev &&
+		    a.st_ino == b.st_ino &&
+		    flock(e->use_fd, LOCK_EX | LOCK_NB) == 0)
+			stamp_write(e->dir);
+		if (lfd >= 0)
+			close(lfd);
+	}
 	if (e->use_fd >= 0)
 		close(e->use_fd);
 	e->use_fd = -1;
 }
 
-/* Remove the region files __db.NNN of dir (only when alone). */
-static int wipe_regions(const char *dir, const char **error_r)
+#define F_REGION 1      /* __db.NNN */
+#define F_LOG    2      /* log.NNNNNNNNNN */
+#define F_DATA   4      /* <name>.db */
+
+static int file_kind(const char *n)
+{
+	size_t len = strlen(n);
+
+	if (strncmp(n, "__db.", 5) == 0 && len > 5 &&
+	    strspn(n + 5, "0123456789") == len - 5)
+		return F_REGION;
+	if (strncmp(n, "log.", 4) == 0 && len > 4 &&
+	    strspn(n + 4, "0123456789") == len - 4)
+		return F_LOG;
+	if (len > 3 && n[0] != '.' && strcmp(n + len - 3, ".db") == 0)
+		return F_DATA;
+	return 0;
+}
+
+/* Call fn for each file of dir of one of the kinds. */
+static int each_file(const char *dir, int kinds,
+		     int (*fn)(const char *path, const char *name, void *ctx),
+		     void *ctx, const char **error_r)
 {
 	char path[PATH_MAX];
 	struct dirent *de;
 	DIR *d;
-	int fd;
+	int fd, ret = 0;
 
 	if ((fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0 ||
 	    (d = fdopendir(fd)) == NULL) {
@@ -391,22 +438,179 @@ static int wipe_regions(const char *dir, const char **error_r)
 			close(fd);
 		return q_err(error_r, "open %s: %s", dir, strerror(err));
 	}
-	while ((de = readdir(d)) != NULL) {
+	while (ret == 0 && (de = readdir(d)) != NULL) {
 		const char *n = de->d_name;
 
-		if (strncmp(n, "__db.", 5) != 0 || n[5] < '0' || n[5] > '9' ||
-		    strspn(n + 5, "0123456789") != strlen(n + 5))
+		if ((file_kind(n) & kinds) == 0)
 			continue;
 		snprintf(path, sizeof(path), "%s/%s", dir, n);
-		if (unlink(path) < 0 && errno != ENOENT) {
-			int err = errno;
-
-			closedir(d);
-			return q_err(error_r, "unlink %s: %s", path, strerror(err));
-		}
+		ret = fn(path, n, ctx);
 	}
 	closedir(d);
+	if (ret < 0 && error_r != NULL)
+		*error_r = q_err_last();
+	return ret;
+}
+
+static int unlink_one(const char *path, const char *name, void *ctx)
+{
+	(void)name;
+	(void)ctx;
+	if (unlink(path) < 0 && errno != ENOENT)
+		return q_err(NULL, "unlink %s: %s", path, strerror(errno));
 	return 0;
+}
+
+/* The regions stamp.  The last process to leave an environment cleanly
+ * sets the mtime of every file of it (regions, logs, databases) to a
+ * random instant in 1970-1973 and records (name, inode, size, mtime) with
+ * the boot id in qkit.regions.  Any later write to such a file sets its
+ * mtime to "now", so an opener that finds every file exactly as stamped,
+ * in the same boot, knows the regions are what Berkeley DB left and may
+ * join them (warm cache, no log scan).  Anything else (no stamp, a crash,
+ * another boot, a changed, missing or extra file) and the regions are
+ * thrown away.  The stamp is removed by the opener before it opens. */
+static const char stamp_name[] = "qkit.regions";
+
+static int real_boot_id(char *buf, size_t size)
+{
+	ssize_t n;
+	int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return -1;
+	n = read(fd, buf, size - 1);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = '\0';
+	buf[strcspn(buf, "\r\n")] = '\0';
+	return buf[0] != '\0' ? 0 : -1;
+}
+
+struct stamp {
+	struct q_buf b;
+	uint64_t rnd;
+	int files;
+};
+
+static int stamp_one(const char *path, const char *name, void *vctx)
+{
+	struct stamp *st = vctx;
+	struct timespec ts[2];
+	struct stat sb;
+
+	st->rnd = st->rnd * 6364136223846793005ull + 1442695040888963407ull;
+	ts[0].tv_sec = 0;
+	ts[0].tv_nsec = UTIME_OMIT;
+	ts[1].tv_sec = 1 + (time_t)((st->rnd >> 20) % 100000000u);
+	ts[1].tv_nsec = (long)((st->rnd >> 8) % 1000000000u);
+	if (utimensat(AT_FDCWD, path, ts, AT_SYMLINK_NOFOLLOW) < 0 ||
+	    lstat(path, &sb) < 0 || !S_ISREG(sb.st_mode))
+		return -1;
+	st->files++;
+	return q_buf_printf(&st->b, "%s %llu %lld %lld %ld\n", name,
+			    (unsigned long long)sb.st_ino,
+			    (long long)sb.st_size, (long long)sb.st_mtim.tv_sec,
+			    (long)sb.st_mtim.tv_nsec) < 0 ? -1 : 0;
+}
+
+static void stamp_write(const char *dir)
+{
+	struct stamp st = { .rnd = (uint64_t)time(NULL) ^
+				   ((uint64_t)getpid() << 32) };
+	char boot[64], path[PATH_MAX], tmp[PATH_MAX];
+	struct timespec now;
+	int fd;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	st.rnd ^= (uint64_t)now.tv_nsec * 0x9E3779B97F4A7C15ull;
+	if (real_boot_id(boot, sizeof(boot)) < 0 ||
+	    q_buf_printf(&st.b, "qkit-regions 1 %s\n", boot) < 0 ||
+	    each_file(dir, F_REGION | F_LOG | F_DATA, stamp_one, &st, NULL) != 0 ||
+	    st.files == 0)
+		goto out;
+	snprintf(path, sizeof(path), "%s/%s", dir, stamp_name);
+	snprintf(tmp, sizeof(tmp), "%s/%s.tmp", dir, stamp_name);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
+		  0600);
+	if (fd < 0)
+		goto out;
+	if (write(fd, st.b.data, st.b.len) != (ssize_t)st.b.len) {
+		close(fd);
+		unlink(tmp);
+		goto out;
+	}
+	close(fd);
+	if (rename(tmp, path) < 0)
+		unlink(tmp);
+out:
+	q_buf_free(&st.b);
+}
+
+struct check {
+	const char *text;      /* the stamp's lines after the header */
+	int files;
+	bool ok;
+};
+
+static int check_one(const char *path, const char *name, void *vctx)
+{
+	struct check *c = vctx;
+	char want[300];
+	const char *p;
+	struct stat sb;
+	size_t n;
+
+	c->files++;
+	if (lstat(path, &sb) < 0 || !S_ISREG(sb.st_mode)) {
+		c->ok = false;
+		return 1;
+	}
+	n = (size_t)snprintf(want, sizeof(want), "%s %llu %lld %lld %ld\n",
+			     name, (unsigned long long)sb.st_ino,
+			     (long long)sb.st_size,
+			     (long long)sb.st_mtim.tv_sec,
+			     (long)sb.st_mtim.tv_nsec);
+	for (p = c->text; p != NULL && *p != '\0'; p = strchr(p, '\n'), p = p ? p + 1 : p)
+		if (strncmp(p, want, n) == 0)
+			return 0;
+	c->ok = false;
+	return 1;
+}
+
+/* Is the stamp there and does it match? Removes it in any case. */
+static bool stamp_check(const char *dir)
+{
+	char path[PATH_MAX], buf[4096], boot[64], head[128];
+	struct check c = { .ok = true };
+	const char *p;
+	ssize_t n;
+	int fd, lines = 0;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, stamp_name);
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return false;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	unlink(path);
+	if (n <= 0 || n >= (ssize_t)sizeof(buf) - 1)
+		return false;
+	buf[n] = '\0';
+	if (memchr(buf, '\0', (size_t)n) != NULL ||
+	    real_boot_id(boot, sizeof(boot)) < 0)
+		return false;
+	snprintf(head, sizeof(head), "qkit-regions 1 %s\n", boot);
+	if (strncmp(buf, head, strlen(head)) != 0)
+		return false;
+	c.text = buf + strlen(head);
+	for (p = c.text; *p != '\0'; p++)
+		lines += *p == '\n';
+	if (each_file(dir, F_REGION | F_LOG | F_DATA, check_one, &c, NULL) != 0 ||
+	    !c.ok)
+		return false;
+	return c.files > 0 && c.files == lines;
 }
 
 /* A failed recovery leaves this process's line in __db.register (so that
@@ -451,7 +655,9 @@ static int env_attach(struct henv *e, const char **error_r)
 	if (fd < 0)
 		return q_err(error_r, "open %s: %s", path, strerror(errno));
 	if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
-		if (wipe_regions(e->dir, error_r) < 0) {
+		/* Alone: the regions are only trusted with a valid stamp. */
+		if (!stamp_check(e->dir) &&
+		    each_file(e->dir, F_REGION, unlink_one, NULL, error_r) != 0) {
 			close(fd);
 			return -1;
 		}
@@ -460,6 +666,11 @@ static int env_attach(struct henv *e, const char **error_r)
 
 		close(fd);
 		return q_err(error_r, "flock %s: %s", path, strerror(err));
+	}
+	else {
+		/* Others are in: a stamp can only be stale. */
+		snprintf(path, sizeof(path), "%s/%s", e->dir, stamp_name);
+		(void)unlink(path);
 	}
 	/* Converting EX to SH is not atomic, but every opener holds the open
 	 * lock, so nobody can slip in between. */

@@ -122,7 +122,7 @@ static void check_modes(const char *dir)
 	struct stat st;
 	struct dirent *de;
 	DIR *d;
-	char p[4200];
+	char p[4400];
 	int files = 0;
 
 	CU_ASSERT_EQUAL_FATAL(stat(dir, &st), 0);
@@ -167,6 +167,33 @@ static void test_open_reopen(void)
 		h = open_ok(dir);
 		CU_ASSERT_TRUE(get_eq(h, Q_DB_RETRY, "T:mx:192.0.2.1", "one"));
 		q_hints_close(&h);
+	}
+	/* A clean last close stamps the regions; the next opener keeps
+	 * them (same inode) and removes the stamp while it is inside. */
+	{
+		char p1[4200], p2[4200], p3[4200];
+		struct stat a, b;
+
+		snprintf(p1, sizeof(p1), "%s/qkit.regions", dir);
+		snprintf(p2, sizeof(p2), "%s/__db.001", dir);
+		snprintf(p3, sizeof(p3), "%s/old-region", dir);
+		CU_ASSERT_EQUAL(stat(p1, &a), 0);
+		/* a second name keeps the old inode from being reused */
+		CU_ASSERT_EQUAL_FATAL(link(p2, p3), 0);
+		CU_ASSERT_EQUAL_FATAL(stat(p3, &a), 0);
+		h = open_ok(dir);
+		CU_ASSERT_NOT_EQUAL(stat(p1, &b), 0);
+		CU_ASSERT_EQUAL(stat(p2, &b), 0);
+		CU_ASSERT_EQUAL(a.st_ino, b.st_ino);
+		q_hints_close(&h);
+		/* touched after the stamp: thrown away, made anew */
+		CU_ASSERT_EQUAL(utimensat(AT_FDCWD, p2, NULL, 0), 0);
+		h = open_ok(dir);
+		CU_ASSERT_EQUAL(stat(p2, &b), 0);
+		CU_ASSERT_NOT_EQUAL(a.st_ino, b.st_ino);
+		CU_ASSERT_TRUE(get_eq(h, Q_DB_RETRY, "T:mx:192.0.2.1", "one"));
+		q_hints_close(&h);
+		unlink(p3);
 	}
 }
 
