@@ -709,7 +709,7 @@ int q_spool_list(struct q_spool *s, q_list_fn *fn, void *ctx,
 	uint32_t icount[NSPLIT] = { 0 };
 	char boot[64];
 	time_t now = time(NULL);
-	size_t i = 0, j = 0;
+	size_t i = 0, j = 0, hint_n = 0;
 	int ret = 0;
 
 	if (q_spool_hints(s, &h, error_r) < 0)
@@ -723,6 +723,13 @@ int q_spool_list(struct q_spool *s, q_list_fn *fn, void *ctx,
 	for (int k = 0; k < NSPLIT; k++)
 		pre_r[k] = split_stat(s, k, &pre[k]);
 
+	/* size the copy once (a hint: it grows if the count was low) */
+	if (q_hints_count(h, Q_DB_INDEX, &hint_n, NULL) == 0 && hint_n > 0 &&
+	    hint_n < SIZE_MAX / 256 &&
+	    (ix.v = malloc((hint_n + 64) * sizeof(*ix.v))) != NULL) {
+		ix.cap = hint_n + 64;
+		(void)q_buf_reserve(&ix.vals, hint_n * 192);
+	}
 	if (q_hints_iter(h, Q_DB_INDEX, NULL, 0, collect_fn, &ix, error_r) < 0) {
 		ret = ix.nomem ? q_err(error_r, "out of memory") :
 			q_err(error_r, "%s", q_err_last());
