@@ -275,8 +275,10 @@ static void test_exim_starttls(void)
 
 	char p[4300];
 	snprintf(p, sizeof(p), "%s/spool/mainlog", e.dir);
-	for (int i = 0; i < 100 && ts_count(p, "Completed") < 20; i++)
-		usleep(50000);
+	/* Exim delivers each message to its maildir after accepting it, in a
+	   process of its own: wait for all 20 (bounded: 60 s) */
+	for (int i = 0; i < 600 && ts_count(p, "Completed") < 20; i++)
+		usleep(100000);
 	/* Exim logged every arrival as TLS, and stored every message */
 	CU_ASSERT_EQUAL(ts_count(p, " <= "), 20);
 	CU_ASSERT_EQUAL(ts_count(p, "X=TLS"), 20);
