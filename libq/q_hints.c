@@ -1075,10 +1075,13 @@ void q_hints_close(struct q_hints **hp)
 			*pp = e->next;
 			break;
 		}
-	pthread_mutex_unlock(&envs_lock);
+	/* Still under envs_lock: an open of the same directory by another
+	 * thread must wait until this handle has left (DB_REGISTER allows a
+	 * process one environment handle). */
 	pthread_rwlock_wrlock(&e->lock);
 	env_stop(e, true);
 	pthread_rwlock_unlock(&e->lock);
+	pthread_mutex_unlock(&envs_lock);
 	env_free(e);
 }
 

@@ -32,8 +32,12 @@ enum q_db {
 
 /* Open (creating if needed) the environment in dir for a transport name
  * (used in the wait-/serialize- database names). *notice_r, when not
- * NULL, receives a text if the environment had to be rebuilt (else NULL).
- * Returns 0 or -1. */
+ * NULL, receives a text if the environment had to be rebuilt (else NULL;
+ * the text lives until the thread's next q_hints_open). Returns 0 or -1.
+ * A handle may be shared by the threads of a process; opening the same
+ * dir again in a process shares one environment. A handle must not be
+ * used in a forked child (the child opens its own; q_hints_close there
+ * only frees memory). */
 Q_API int q_hints_open(const char *dir, const char *transport,
 		       struct q_hints **h_r, const char **notice_r,
 		       const char **error_r);
@@ -58,7 +62,11 @@ Q_API int q_hints_del(struct q_hints *h, enum q_db db, const void *key,
 
 /* Read-modify-write in one transaction. fn gets the current value (NULL,
  * 0 when absent) and returns Q_HINTS_KEEP, Q_HINTS_PUT (with the new
- * value in *out) or Q_HINTS_DELETE, or -1 to abort. */
+ * value in *out) or Q_HINTS_DELETE, or -1 to abort (q_hints_update then
+ * fails with the text fn left through q_err).
+ * fn runs while the record is locked: it must not call q_hints functions,
+ * and it may be called more than once (a deadlock retries the whole
+ * transaction), so it must depend only on old and ctx. */
 #define Q_HINTS_KEEP   0
 #define Q_HINTS_PUT    1
 #define Q_HINTS_DELETE 2
@@ -71,7 +79,9 @@ Q_API int q_hints_update(struct q_hints *h, enum q_db db, const void *key,
 /* Walk a database in key order (read-only, no long-held locks: bulk
  * reads). fn returns 0 to go on, 1 to stop, -1 on error. For Q_DB_WAIT,
  * each (host, id) pair is one call. With prefix != NULL only keys that
- * start with it are visited. */
+ * start with it are visited. No lock is held while fn runs: fn may
+ * write to the hints (even delete the record it was given); records
+ * changed ahead of the walk are seen or not. */
 typedef int q_hints_iter_fn(const void *key, size_t klen, const void *val,
 			    size_t vlen, void *ctx);
 Q_API int q_hints_iter(struct q_hints *h, enum q_db db, const void *prefix,
