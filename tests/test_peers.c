@@ -193,6 +193,7 @@ static int exim_start(struct exim *e, const char *dir)
 		 "pid_file_path = %s/spool/exim.pid\n"
 		 "daemon_smtp_ports = %u\nlocal_interfaces = 127.0.0.1\n"
 		 "never_users =\nhost_lookup =\nrfc1413_hosts =\n"
+		 "smtp_accept_queue_per_connection = 0\n"
 		 "tls_advertise_hosts = *\n"
 		 "tls_certificate = %s\ntls_privatekey = %s\n"
 		 "pipelining_advertise_hosts = *\n"
