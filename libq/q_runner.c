@@ -12,9 +12,17 @@
  *   every job of it in this run has finished.
  * - A message is locked only while one of its jobs runs (so open files
  *   stay bounded by the number of workers, not by the queue size).
- * - A job whose transaction never reached the data phase on a connection
+ * - A job whose transaction never reached the final dot on a connection
  *   that broke is sent again on a new connection (nothing was accepted);
- *   once the data went out, a lost reply defers (SMTP cannot tell).
+ *   once the final dot went out, a lost reply defers (SMTP cannot tell).
+ * - An IP that fails - at connect, greeting or TLS, or later: timeout,
+ *   lost connection, protocol error, 421 - gets its retry record and is
+ *   not tried again in this run (not even with -f); a reused connection
+ *   that the server dropped between messages is not such a failure.
+ * - Until one transaction to a destination has gone through in this run,
+ *   only one worker connects to it: a dead or stalling host costs one
+ *   connection attempt per IP, not one per worker.
+ * - A recipient delivered after a 4xx loses its address retry record.
  * - Journal entries are written without fdatasync; the run syncs the
  *   file system once at the end (group commit). A power loss can then at
  *   worst repeat a delivery, never lose a message: messages are only ever
@@ -96,6 +104,10 @@ struct dest {
 	struct q_smtp_err down_err;
 	time_t down_next;
 	bool down_expired;
+	bool proven;           /* a transaction on it went through in this run:
+				  until then one worker at a time tries it */
+	bool *hfail;           /* hosts.n flags: this IP failed in this run */
+	struct q_smtp_err *herr;  /* and how (hosts.n entries) */
 	struct dest *next;
 };
 
@@ -331,6 +343,10 @@ static struct dest *dest_for_hosts(struct run *r, struct q_hostlist_r *hl,
 	d->hosts = *hl;
 	memset(hl, 0, sizeof(*hl));
 	d->fallback = fallback;
+	d->hfail = calloc(d->hosts.n ? d->hosts.n : 1, sizeof(*d->hfail));
+	d->herr = calloc(d->hosts.n ? d->hosts.n : 1, sizeof(*d->herr));
+	if (d->hfail == NULL || d->herr == NULL)
+		return NULL;      /* freed with the run's dests */
 	for (size_t i = 0; i < d->hosts.n; i++) {
 		if (d->hosts.h[i].from_mx)
 			d->mx = true;
@@ -654,8 +670,8 @@ static int job_begin(struct run *r, struct job *j)
 }
 
 /* Note a recipient's result (m->mu held). */
-static void note_result(struct run *r, struct mstate *m, size_t idx, char state,
-			int code, const char *host, const char *text)
+static void note_result_n(struct run *r, struct mstate *m, size_t idx, char state,
+			  int code, const char *host, const char *text, bool count)
 {
 	const char *err = NULL;
 	if (q_msg_journal(m->msg, idx, state, code, host, text,
@@ -670,12 +686,21 @@ static void note_result(struct run *r, struct mstate *m, size_t idx, char state,
 			m->failed = v;
 			m->failed[m->nfailed++] = idx;
 		}
-		stat_add(r, &r->st->failed, 1);
+		if (count)
+			stat_add(r, &r->st->failed, 1);
 	} else if (state == Q_RCPT_DELIVERED) {
-		stat_add(r, &r->st->delivered, 1);
+		if (count)
+			stat_add(r, &r->st->delivered, 1);
 	} else {
-		stat_add(r, &r->st->deferred, 1);
+		if (count)
+			stat_add(r, &r->st->deferred, 1);
 	}
+}
+
+static void note_result(struct run *r, struct mstate *m, size_t idx, char state,
+			int code, const char *host, const char *text)
+{
+	note_result_n(r, m, idx, state, code, host, text, true);
 }
 
 static void note_next_try(struct mstate *m, time_t t)
@@ -820,8 +845,10 @@ static void job_defer_all(struct run *r, struct dest *d, struct job *j,
 			     d->route_status == Q_ROUTE_PERMANENT ? ""
 			     : " (retry timeout exceeded)");
 		} else {
-			note_result(r, m, j->rcpt[k], Q_RCPT_PENDING, e->code, host,
-				    e->text);
+			/* recipients on their way to the fallback hosts are
+			   counted there, not as deferred */
+			note_result_n(r, m, j->rcpt[k], Q_RCPT_PENDING, e->code, host,
+				      e->text, !to_fallback);
 			mlog(r, m, "== %s defer (%s): %s", j->addr[k], e->kind,
 			     e->text);
 		}
@@ -847,6 +874,7 @@ static void job_defer_all(struct run *r, struct dest *d, struct job *j,
 struct conn_state {
 	struct q_smtp_conn *c;
 	const struct q_host *host;
+	size_t hidx;           /* host's index in its dest */
 	char slot_host[256];
 	unsigned slot;
 	bool have_slot;
@@ -889,6 +917,42 @@ static void fill_opts(struct run *r, const struct q_host *h, struct q_smtp_opts 
 	o->size_addition = cf->size_addition;
 }
 
+/* IP number i of d failed (connect, greeting, TLS, or a dialogue that
+ * broke: timeout, lost connection, protocol error, 421): its own retry
+ * record, and no other try of it in this run (not even with -f). Returns
+ * the record's next try (0 if unknown); *expired_r (may be NULL) says
+ * whether the record is past its rule's final cutoff. */
+static time_t host_failed(struct run *r, struct dest *d, size_t i,
+			  const struct q_smtp_err *e, bool *expired_r)
+{
+	const struct q_conf *cf = r->conf;
+	const struct q_host *h = &d->hosts.h[i];
+	unsigned port = h->port ? h->port : cf->port;
+	struct q_buf key = {0};
+	struct q_retry_rec nrec = {0};
+	time_t next;
+
+	if (q_retry_key_host(&key, h->name, h->ip, port,
+			     cf->retry_include_ip_address) == 0)
+		(void)q_retry_fail(r->hints, key.data,
+				   rule_for(r, h->name, d->route_domain, e->kind, e->code),
+				   cf->retry_interval_max, e->kind, e->code, e->err,
+				   e->text, r->now, &nrec, NULL);
+	q_log("%s [%s]:%u %s: %s", h->name, h->ip, port, e->kind, e->text);
+	vlog(r, "%s [%s]:%u failed (%s): %s", h->name, h->ip, port, e->kind,
+	     e->text);
+	next = nrec.next_try;
+	if (expired_r != NULL)
+		*expired_r = nrec.expired;
+	q_retry_rec_clear(&nrec);
+	q_buf_free(&key);
+	pthread_mutex_lock(&r->mu);
+	d->hfail[i] = true;
+	d->herr[i] = *e;
+	pthread_mutex_unlock(&r->mu);
+	return next;
+}
+
 /* Connect to the first usable IP of d. Returns 0 with cs->c, or -1 with
  * *e, *next_r and *expired_r describing why no host could be used. */
 static int dest_connect(struct worker *w, struct dest *d, struct conn_state *cs,
@@ -917,6 +981,19 @@ static int dest_connect(struct worker *w, struct dest *d, struct conn_state *cs,
 			all_expired = false;
 		if (got != 0)
 			all_expired = false;
+		pthread_mutex_lock(&r->mu);
+		bool failed = d->hfail[i];
+		if (failed && e->kind[0] == '\0')
+			*e = d->herr[i];
+		pthread_mutex_unlock(&r->mu);
+		if (failed) {
+			/* failed earlier in this run (here or in another worker) */
+			if (got == 0 && rec.next_try > 0 &&
+			    (next == 0 || rec.next_try < next))
+				next = rec.next_try;
+			q_retry_rec_clear(&rec);
+			continue;    /* not counted towards hosts_max_try */
+		}
 		if (got == 0 && !q_retry_due(&rec, r->now) && !r->o->force &&
 		    r->o->nids == 0) {
 			if (next == 0 || rec.next_try < next)
@@ -984,27 +1061,21 @@ static int dest_connect(struct worker *w, struct dest *d, struct conn_state *cs,
 			     q_smtp_tls_info(cs->c) ? " TLS " : "",
 			     q_smtp_tls_info(cs->c) ? q_smtp_tls_info(cs->c) : "",
 			     q_smtp_tls_resumed(cs->c) ? " (resumed)" : "");
-			(void)q_retry_clear(r->hints, key.data, NULL);
+			if (got == 0)
+				(void)q_retry_clear(r->hints, key.data, NULL);
 			cs->host = h;
+			cs->hidx = i;
 			sess_update(w, "idle", NULL, cs->c);
 			q_buf_free(&key);
 			return 0;
 		}
 		/* this IP failed: its own retry record */
-		struct q_retry_rec nrec = {0};
-		const char *dom = d->route_domain;
-		(void)q_retry_fail(r->hints, key.data,
-				   rule_for(r, h->name, dom, e->kind, e->code),
-				   cf->retry_interval_max, e->kind, e->code, e->err,
-				   e->text, r->now, &nrec, NULL);
-		q_log("%s [%s]:%u %s: %s", h->name, h->ip, port, e->kind, e->text);
-		vlog(r, "%s [%s]:%u failed (%s): %s", h->name, h->ip, port, e->kind,
-		     e->text);
-		if (!nrec.expired)
+		bool hexp = false;
+		time_t hnext = host_failed(r, d, i, e, &hexp);
+		if (!hexp)
 			all_expired = false;
-		if (next == 0 || (nrec.next_try && nrec.next_try < next))
-			next = nrec.next_try;
-		q_retry_rec_clear(&nrec);
+		if (next == 0 || (hnext && hnext < next))
+			next = hnext;
 		if (cs->have_slot) {
 			(void)q_serialize_release(r->hints, cs->slot_host, cs->slot, NULL);
 			cs->have_slot = false;
@@ -1025,8 +1096,8 @@ static int dest_connect(struct worker *w, struct dest *d, struct conn_state *cs,
 enum send_result { SENT, REQUEUE, DROPPED };
 
 /* Send one job down an open connection and journal every result. */
-static enum send_result job_send(struct worker *w, struct conn_state *cs,
-				 struct job *j, bool rset)
+static enum send_result job_send(struct worker *w, struct dest *d,
+				 struct conn_state *cs, struct job *j, bool rset)
 {
 	struct run *r = w->r;
 	struct mstate *m = j->m;
@@ -1067,22 +1138,36 @@ static enum send_result job_send(struct worker *w, struct conn_state *cs,
 			      codes, texts, &e);
 	close(fd);
 
-	/* Nothing decided and the connection broke (or RSET was refused, as
-	 * an idle server does between messages) before the final dot went
-	 * out: the server cannot have accepted it. Send it again on a new
-	 * connection. */
 	bool none = true;
 	for (size_t k = 0; k < n; k++)
 		if (codes[k] != 0)
 			none = false;
-	if (ret < 0 && none && !e.permanent &&
-	    (e.code == 0 || strcmp(e.kind, "rset") == 0) &&
-	    !q_smtp_usable(cs->c) && strcmp(q_smtp_state(cs->c), "dot") != 0 &&
+	bool broken = ret < 0 && !q_smtp_usable(cs->c);
+	const char *state = q_smtp_state(cs->c);
+	bool before_dot = strcmp(state, "dot") != 0;
+	/* A connection reused for this message that the server closed (or
+	 * whose RSET it refused, as an idle server does) before the new
+	 * transaction began: normal between messages, not the host's fault. */
+	bool idle_drop = rset && none &&
+			 (strcmp(e.kind, "rset") == 0 ||
+			  (e.code == 0 && strcmp(e.kind, "lost_connection") == 0 &&
+			   (strcmp(state, "rset") == 0 || strcmp(state, "mail") == 0)));
+	/* Any other broken dialogue (timeout, lost connection, protocol
+	 * error, 421) is the IP's: its retry record, and no more of it in
+	 * this run. */
+	time_t host_next = 0;
+	if (broken && !e.permanent && !idle_drop)
+		host_next = host_failed(r, d, cs->hidx, &e, NULL);
+
+	/* Nothing decided and the final dot never went out: the server
+	 * cannot have accepted it. Send it again on a new connection (to
+	 * the next IP when this one failed). */
+	if (broken && none && !e.permanent && before_dot &&
 	    j->requeued < MAX_REQUEUE) {
 		for (size_t k = 0; k < n; k++)
 			free(texts[k]);
-		vlog(r, "%s connection to %s lost before data (%s): again on a new "
-		     "connection", m->id, h->name, e.text);
+		vlog(r, "%s connection to %s [%s] broke before the end of data (%s): "
+		     "again on a new connection", m->id, h->name, h->ip, e.text);
 		return REQUEUE;
 	}
 
@@ -1092,6 +1177,14 @@ static enum send_result job_send(struct worker *w, struct conn_state *cs,
 		int code = codes[k];
 		const char *text = texts[k] ? texts[k] : e.text;
 		if (code >= 200 && code < 300) {
+			const struct q_rcpt *rc = &env->rcpt[map[k]];
+			if (rc->last_code >= 400 && rc->last_code < 500) {
+				/* deferred before: its address retry record goes */
+				struct q_buf key = {0};
+				if (q_retry_key_addr(&key, rcpts[k], m->id) == 0)
+					(void)q_retry_clear(r->hints, key.data, NULL);
+				q_buf_free(&key);
+			}
 			note_result(r, m, map[k], Q_RCPT_DELIVERED, code, h->name, text);
 			mlog(r, m, "=> %s H=%s [%s]%s%s C=\"%d %s\"", rcpts[k],
 			     h->name, h->ip, tls ? " X=" : "", tls ? tls : "", code,
@@ -1124,7 +1217,8 @@ static enum send_result job_send(struct worker *w, struct conn_state *cs,
 				q_retry_rec_clear(&nrec);
 				q_buf_free(&key);
 			} else {
-				note_next_try(m, r->now + 15 * 60);
+				note_next_try(m, host_next ? host_next
+					      : r->now + 15 * 60);
 			}
 		}
 		free(texts[k]);
@@ -1142,6 +1236,7 @@ static void serve(struct worker *w, struct dest *d)
 	struct conn_state cs = {0};
 	unsigned sent = 0;
 	unsigned batch_max = r->conf->batch_max;
+	bool proven = false;
 
 	for (;;) {
 		pthread_mutex_lock(&r->mu);
@@ -1199,7 +1294,7 @@ static void serve(struct worker *w, struct dest *d)
 			job_drop(j);
 			continue;
 		}
-		enum send_result sr = job_send(w, &cs, j, sent > 0);
+		enum send_result sr = job_send(w, d, &cs, j, sent > 0);
 		if (sr == REQUEUE) {
 			pthread_mutex_lock(&j->m->mu);
 			j->m->active--;
@@ -1217,6 +1312,17 @@ static void serve(struct worker *w, struct dest *d)
 			(void)q_wait_del(r->hints, d->hosts.h[0].name, j->m->id, NULL);
 		job_end(r, j);
 		sent++;
+		if (!proven && q_smtp_usable(cs.c)) {
+			/* a transaction went through: other workers may open
+			   connections to this destination too */
+			proven = true;
+			pthread_mutex_lock(&r->mu);
+			if (!d->proven) {
+				d->proven = true;
+				pthread_cond_broadcast(&r->cv);
+			}
+			pthread_mutex_unlock(&r->mu);
+		}
 		if (!q_smtp_usable(cs.c) || (batch_max != 0 && sent >= batch_max))
 			conn_close(w, &cs);
 	}
@@ -1246,6 +1352,13 @@ static struct dest *pick(struct run *r)
 			}
 			if (d->down && d->route_status == 0 && d->active > 0)
 				continue;  /* its worker drains it */
+			if (d->active > 0 && !d->proven && !d->down &&
+			    d->route_status == 0) {
+				/* one worker finds out whether a host answers
+				   before others join it */
+				waiting = true;
+				continue;
+			}
 			if (best == NULL || (best->active > 0 && d->active == 0) ||
 			    (best->active == d->active && d->njobs > best->njobs))
 				best = d;
@@ -1331,6 +1444,8 @@ static void run_free(struct run *r)
 			job_free(j);
 		}
 		q_route_free(&d->hosts);
+		free(d->hfail);
+		free(d->herr);
 		free(d->sig);
 		free(d->route_error);
 		free(d->route_domain);
