@@ -27,8 +27,8 @@
  * fields are separated by single spaces.
  *
  * Invariants:
- * - A message is listed iff input/<c>/<id>-H exists. Creation renames -D
- *   into place, creates an empty -J, then renames -H (the commit);
+ * - A message is listed iff input/<c>/<id>-H exists. Creation writes -D
+ *   and an empty -J in place, then renames -H from tmp/ (the commit);
  *   removal unlinks -H first. A commit empties -J rather than removing
  *   it, so the delivery path creates no files. A crash leaves at worst an orphan -D/-J or files under tmp/,
  *   which no listing shows (q_index_rebuild removes old ones).
@@ -1198,32 +1198,41 @@ int q_spool_scan(struct q_spool *s, q_spool_id_fn *fn, void *ctx,
 /* ------------------------------------------------------------------ */
 /* creating */
 
-/* Write a file under tmp/ (0600). */
-static int write_tmp(struct q_spool *s, const char *name, const void *data,
-		     size_t len, bool excl, bool sync, const char **error_r)
+/* Write a new file (0600) relative to dirfd; where names the directory
+ * in error texts ("tmp", "input/x"). */
+static int write_at(struct q_spool *s, int dirfd, const char *where,
+		    const char *name, const void *data, size_t len, bool excl,
+		    bool sync, const char **error_r)
 {
 	int fd, flags = O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW;
 
 	flags |= excl ? O_EXCL : O_TRUNC;
-	fd = openat(s->tmp_fd, name, flags, 0600);
+	fd = openat(dirfd, name, flags, 0600);
 	if (fd < 0)
-		return q_err(error_r, "create %s/tmp/%s: %s", s->dir, name,
+		return q_err(error_r, "create %s/%s/%s: %s", s->dir, where, name,
 			     strerror(errno));
 	if ((s->fix_mode && fchmod(fd, 0600) < 0) ||
 	    write_all(fd, data, len) < 0 || (sync && fsync(fd) < 0)) {
-		q_err(error_r, "write %s/tmp/%s: %s", s->dir, name,
+		q_err(error_r, "write %s/%s/%s: %s", s->dir, where, name,
 		      strerror(errno));
 		close(fd);
-		unlinkat(s->tmp_fd, name, 0);
+		unlinkat(dirfd, name, 0);
 		return -1;
 	}
 	if (close(fd) < 0) {
-		q_err(error_r, "close %s/tmp/%s: %s", s->dir, name,
+		q_err(error_r, "close %s/%s/%s: %s", s->dir, where, name,
 		      strerror(errno));
-		unlinkat(s->tmp_fd, name, 0);
+		unlinkat(dirfd, name, 0);
 		return -1;
 	}
 	return 0;
+}
+
+static int write_tmp(struct q_spool *s, const char *name, const void *data,
+		     size_t len, bool excl, bool sync, const char **error_r)
+{
+	return write_at(s, s->tmp_fd, "tmp", name, data, len, excl, sync,
+			error_r);
 }
 
 int q_spool_create(struct q_spool *s, const struct q_newmsg *m,
@@ -1231,11 +1240,11 @@ int q_spool_create(struct q_spool *s, const struct q_newmsg *m,
 {
 	bool sync = !(flags & Q_CREATE_NOSYNC);
 	char id[Q_ID_LEN + 1], dname[Q_ID_LEN + 3], hname[Q_ID_LEN + 3];
-	char jname[Q_ID_LEN + 3];
+	char jname[Q_ID_LEN + 3], where[16];
 	struct q_env env;
 	struct q_buf b = { 0 };
-	int split = -1, ret = -1, jfd;
-	bool d_tmp = false, h_tmp = false, d_in = false, j_in = false;
+	int split = -1, ret = -1;
+	bool h_tmp = false, d_in = false, j_in = false;
 
 	assert(m != NULL && m->sender != NULL);
 	assert(m->nrcpt == 0 || m->rcpts != NULL);
@@ -1263,40 +1272,28 @@ int q_spool_create(struct q_spool *s, const struct q_newmsg *m,
 	}
 	msg_name(dname, id, 'D');
 	msg_name(hname, id, 'H');
-	if (write_tmp(s, dname, m->data, m->len, true, sync, error_r) < 0)
-		goto out;
-	d_tmp = true;
-	if (write_tmp(s, hname, b.data, b.len, true, sync, error_r) < 0)
-		goto out;
-	h_tmp = true;
+	msg_name(jname, id, 'J');
+	snprintf(where, sizeof(where), "input/%c", id[Q_ID_SPLIT_POS]);
 	if ((split = split_fd(s, id[Q_ID_SPLIT_POS], true)) < 0) {
-		q_err(error_r, "mkdir %s/input/%c: %s", s->dir,
-		      id[Q_ID_SPLIT_POS], strerror(errno));
+		q_err(error_r, "mkdir %s/%s: %s", s->dir, where, strerror(errno));
 		goto out;
 	}
-	if (renameat(s->tmp_fd, dname, split, dname) < 0) {
-		q_err(error_r, "rename %s/tmp/%s into input/%c/: %s", s->dir,
-		      dname, id[Q_ID_SPLIT_POS], strerror(errno));
+	/* -D and -J go straight to their place: without an -H nothing sees
+	 * them (and a crash's orphans are removed by q_index_rebuild) */
+	if (write_at(s, split, where, dname, m->data, m->len, true, sync,
+		     error_r) < 0)
 		goto out;
-	}
-	d_tmp = false;
 	d_in = true;
 	/* An empty journal, made now so that a delivery only appends to it:
 	 * creating files is what a busy spool pays most for (on ext4 without
 	 * a journal every create scans the recently deleted inodes), and the
 	 * delivery path should create none. */
-	msg_name(jname, id, 'J');
-	jfd = openat(split, jname, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC |
-		     O_NOFOLLOW, 0600);
-	if (jfd < 0) {
-		q_err(error_r, "create %s/input/%c/%s: %s", s->dir,
-		      id[Q_ID_SPLIT_POS], jname, strerror(errno));
+	if (write_at(s, split, where, jname, "", 0, true, false, error_r) < 0)
 		goto out;
-	}
-	if (s->fix_mode)
-		(void)fchmod(jfd, 0600);
-	close(jfd);
 	j_in = true;
+	if (write_tmp(s, hname, b.data, b.len, true, sync, error_r) < 0)
+		goto out;
+	h_tmp = true;
 	/* the commit point */
 	if (renameat(s->tmp_fd, hname, split, hname) < 0) {
 		q_err(error_r, "rename %s/tmp/%s into input/%c/: %s", s->dir,
@@ -1320,8 +1317,6 @@ int q_spool_create(struct q_spool *s, const struct q_newmsg *m,
 	memcpy(id_r, id, sizeof(id));
 	ret = 0;
 out:
-	if (d_tmp)
-		unlinkat(s->tmp_fd, dname, 0);
 	if (h_tmp)
 		unlinkat(s->tmp_fd, hname, 0);
 	if (d_in)

@@ -102,10 +102,10 @@ struct q_newmsg {
 
 #define Q_CREATE_NOSYNC 0x01  /* no fsync (bulk loads; call q_spool_sync) */
 
-/* Create a message atomically: -D and -H are written under tmp/,
- * fsynced, renamed into input/<c>/ (-D first, then an empty -J is
- * created, -H last: the rename of -H is the commit point), and the
- * directory is fsynced. Then the index is
+/* Create a message atomically: -D is written (and fsynced) in
+ * input/<c>/, an empty -J is created there, -H is written under tmp/,
+ * fsynced and renamed into input/<c>/ (the commit point: a -D or -J
+ * without -H is invisible), and the directory is fsynced. Then the index is
  * updated (a failure there is not an error: the index is a hint).
  * Addresses must already be checked. Writes the new id to id_r. */
 Q_API int q_spool_create(struct q_spool *spool, const struct q_newmsg *m,
