@@ -1224,7 +1224,9 @@ static enum send_result job_send(struct worker *w, struct dest *d,
 		free(texts[k]);
 	}
 	pthread_mutex_unlock(&m->mu);
-	sess_update(w, "idle", NULL, cs->c);
+	/* no "idle" session update here: the next message (its "mail"
+	   update) or the close ("quit") follows at once, and each update is
+	   a hints transaction */
 	return SENT;
 }
 
