@@ -2,52 +2,81 @@
 # tools/demo.sh - qkit's demo on an embedded default, run from the top
 # directory after `make` (`make demo` does both).
 #
-# Makes a fresh spool under ./var/spool (config ./var/qkit.conf), submits
-# 300 small messages to ten destination domains with bin/qctl, then prints
-# the queue (qctl list -c, the first lines of qctl list), qctl stats and
-# qctl retry.  Delivery by bin/qrun (a local SMTP sink, a down destination
-# left in retry) is not part of it yet: the demo says so and does not
-# pretend.
+# A fresh spool under ./var/spool (config ./var/qkit.conf); a local SMTP
+# sink (tests/smtpd, qkit's test server, on a loopback port); 300 messages
+# submitted with qctl, 290 to ten domains routed to the sink and 10 to
+# down.example, routed to a loopback port where nothing listens. One qrun
+# delivers what it can; the down destination is left in retry. Then the
+# queue, its statistics and the retry state are printed.
 set -eu
 
 N=300
 top=$(pwd)
 qctl="$top/bin/qctl"
+qrun="$top/bin/qrun"
+smtpd="$top/tests/smtpd"
 conf=var/qkit.conf
 
 if [ ! -f Makefile.in ] || [ ! -d libq ]; then
 	echo "demo: run me from the top of the qkit tree" >&2
 	exit 1
 fi
-if [ ! -x "$qctl" ]; then
-	echo "demo: bin/qctl is not built (run ./configure && make first; if bin/qctl.c does not exist yet, qctl is not written yet)" >&2
-	exit 1
-fi
+for p in "$qctl" "$qrun" "$smtpd"; do
+	if [ ! -x "$p" ]; then
+		echo "demo: $p is not built (run ./configure && make first)" >&2
+		exit 1
+	fi
+done
 
-# A fresh spool each time, so that the counts below mean this run.
-rm -rf var/spool
+rm -rf var/spool var/sink.out var/sink.record var/hosts
 mkdir -p var
 chmod 700 var
 mkdir -m 700 var/spool
+
+# the sink: qkit's test server, a plain SMTP sink on a free loopback port
+"$smtpd" -l 127.0.0.1:0 -t 60 -B -r var/sink.record >var/sink.out 2>&1 &
+sink=$!
+trap 'kill $sink 2>/dev/null || true' EXIT
+port=""
+i=0
+while [ -z "$port" ] && [ "$i" -lt 100 ]; do
+	port=$(sed -n 's/^READY \([0-9]*\).*/\1/p' var/sink.out 2>/dev/null || true)
+	[ -n "$port" ] || sleep 0.05
+	i=$((i + 1))
+done
+if [ -z "$port" ]; then
+	echo "demo: the sink did not start:" >&2
+	cat var/sink.out >&2
+	exit 1
+fi
+# a loopback port where nothing listens: the destination that is down
+down=$((port == 65535 ? port - 1 : port + 1))
+
+printf '127.0.0.1 mx.sink.example\n127.0.0.1 mx.down.example\n' >var/hosts
 cat > "$conf" <<EOC
 # written by tools/demo.sh
 spool_directory = $top/var/spool
+hosts_file = $top/var/hosts
+primary_hostname = demo.client.example
+connect_timeout = 5s
+route down.example = mx.down.example:$down
+route * = mx.sink.example:$port
 EOC
 echo "demo: spool $top/var/spool, config $conf"
+echo "demo: SMTP sink (tests/smtpd) mx.sink.example = 127.0.0.1:$port; down.example -> mx.down.example = 127.0.0.1:$down (nothing listens)"
 
-echo "demo: submitting $N messages with: bin/qctl -C $conf submit -f sender@example.org rcpt@dN.example"
+echo "demo: submitting $N messages with: bin/qctl -C $conf submit -f sender@example.org RCPT"
 i=1
 while [ "$i" -le "$N" ]; do
-	d=$((i % 10))
-	if ! printf 'From: Demo Sender <sender@example.org>\nTo: <rcpt@d%d.example>\nSubject: qkit demo message %d of %d\nMessage-ID: <demo-%d@example.org>\n\nThis is demo message %d for d%d.example.\n' \
-		"$d" "$i" "$N" "$i" "$i" "$d" |
-		"$qctl" -C "$conf" submit -f sender@example.org "rcpt@d$d.example" >/dev/null; then
+	if [ $((i % 30)) -eq 0 ]; then dom=down.example; else dom="d$((i % 10)).example"; fi
+	if ! printf 'From: Demo Sender <sender@example.org>\nTo: <rcpt%d@%s>\nSubject: qkit demo message %d of %d\nMessage-ID: <demo-%d@example.org>\n\nThis is demo message %d.\n' \
+		"$i" "$dom" "$i" "$N" "$i" "$i" |
+		"$qctl" -C "$conf" submit -f sender@example.org "rcpt$i@$dom" >/dev/null; then
 		echo "demo: qctl submit failed on message $i" >&2
 		exit 1
 	fi
 	i=$((i + 1))
 done
-echo "demo: submitted $N messages"
 
 show() {
 	echo
@@ -57,14 +86,15 @@ show() {
 
 show list -c
 echo
-echo "\$ bin/qctl -C $conf list | head -n 12"
-"$qctl" -C "$conf" list | head -n 12
+echo "\$ bin/qrun -C $conf -P 2 -v   (summary line)"
+"$qrun" -C "$conf" -P 2 -v | tail -n 1
+show list
 show stats
 show retry
-
+kill "$sink" 2>/dev/null || true
+wait "$sink" 2>/dev/null || true
+trap - EXIT
 echo
-if [ -x bin/qrun ]; then
-	echo "demo: bin/qrun is built, but this demo does not run deliveries yet: nothing was delivered, the $N messages stay queued."
-else
-	echo "demo: delivery (qrun) is not built yet: nothing was delivered, the $N messages stay queued in var/spool."
-fi
+echo "demo: the sink says: $(grep '^STATS' var/sink.out || echo 'no STATS line')"
+echo "demo: delivered messages left the queue; the $((N / 30)) to down.example wait for their retry time (qctl retry shows it)."
+echo "demo: try: bin/qctl -C $conf show ID, bin/qrun -C $conf -f -v, bin/qtop -C $conf"
