@@ -118,7 +118,7 @@ static void test_open_tree_modes(void)
 	static const char *const subs[] = {
 		"input", "msglog", "corrupt", "tmp", "db", "log"
 	};
-	char *dir = new_spool_dir(), path[PATH_MAX], id[Q_ID_LEN + 1];
+	char *dir = new_spool_dir(), path[PATH_MAX + 64], id[Q_ID_LEN + 1];
 	const char *rc[] = { "a@example.com" };
 	struct q_spool *s = NULL;
 	const char *err = NULL;
@@ -158,7 +158,7 @@ static void test_open_tree_modes(void)
 
 static void test_open_refused(void)
 {
-	char *dir = new_spool_dir(), msg[PATH_MAX * 2 + 100], path[PATH_MAX];
+	char *dir = new_spool_dir(), msg[PATH_MAX * 2 + 100], path[PATH_MAX + 64];
 	struct q_spool *s = NULL;
 	const char *err = NULL;
 
