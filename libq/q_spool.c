@@ -60,6 +60,7 @@
 #include "q_private.h"
 #include "q/spool.h"
 #include "q/hints.h"
+#include "q_spool-private.h"
 
 #include <assert.h>
 #include <dirent.h>
@@ -730,6 +731,26 @@ static int journal_apply(const char *data, size_t len, const char *path,
 		*good_r = (size_t)(c.p - data);
 	}
 	return 0;
+}
+
+/* Test-only entry points (q_spool-private.h, used by tests/fuzz). */
+int q_spool_env_parse(const char *data, size_t len, const char *path,
+		      const char *id, struct q_env **env_r,
+		      const char **error_r)
+{
+	return env_parse(data, len, path, id, env_r, error_r);
+}
+
+int q_spool_journal_apply(const char *data, size_t len, const char *path,
+			  struct q_env *env, size_t *good_r,
+			  const char **error_r)
+{
+	return journal_apply(data, len, path, env, good_r, error_r);
+}
+
+int q_spool_env_encode(const struct q_env *env, struct q_buf *b)
+{
+	return env_encode(env, b);
 }
 
 /* ------------------------------------------------------------------ */
