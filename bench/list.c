@@ -246,6 +246,7 @@ int main(int argc, char **argv)
 	FILE *f;
 	double t;
 
+	setvbuf(stdout, NULL, _IOLBF, 0);     /* progress shows as it comes */
 	if (argc > 1) {
 		char *end;
 
