@@ -213,6 +213,15 @@ struct q_spool *cli_spool(bool create)
 	return cli.spool;
 }
 
+bool cli_spool_missing(void)
+{
+	struct q_conf *conf = cli_conf();
+	struct stat st;
+
+	return conf->spool_directory != NULL &&
+		stat(conf->spool_directory, &st) < 0 && errno == ENOENT;
+}
+
 struct q_hints *cli_hints(void)
 {
 	struct q_spool *s = cli_spool(false);

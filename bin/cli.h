@@ -54,6 +54,10 @@ struct q_conf *cli_conf(void);
  * ours or open to others, 74 on other failures. */
 struct q_spool *cli_spool(bool create);
 
+/* true when the configured spool directory does not exist (yet): for
+ * commands that have nothing to do then, such as cron's qhints tidy. */
+bool cli_spool_missing(void);
+
 /* The spool's hints environment; exits 74 when it cannot be opened. A
  * notice from the library (environment rebuilt) is printed on stderr. */
 struct q_hints *cli_hints(void);

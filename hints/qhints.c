@@ -611,6 +611,11 @@ static int cmd_tidy(int argc, char **argv)
 		if (c == 't')
 			tc.max_age = cli_time_arg("-t", optarg);
 	no_more_args(argc, argv);
+	if (cli_spool_missing()) {
+		cli_printf("tidy: no spool at %s yet; nothing to do\n",
+			   cli.conf->spool_directory);
+		return EX_OK;
+	}
 	h = cli_hints();
 
 	nr = tidy_db(h, Q_DB_RETRY, tidy_retry_one, &tc, &errors);
@@ -824,6 +829,11 @@ static int cmd_reboot(int argc, char **argv)
 	no_more_args(argc, argv);
 	if (q_boot_id(boot, sizeof(boot), &err) < 0)
 		cli_die(EX_OSERR, "cannot tell the current boot: %s", err);
+	if (cli_spool_missing()) {
+		cli_printf("reboot: no spool at %s yet; nothing to do\n",
+			   cli.conf->spool_directory);
+		return EX_OK;
+	}
 	h = cli_hints();
 	if (q_serialize_clean(h, boot, false, cli.now, &ns, &err) < 0) {
 		cli_warn("%s: %s", q_hints_db_name(h, Q_DB_SERIALIZE), err);

@@ -510,6 +510,21 @@ static void test_config_error(void)
 	CU_ASSERT_PTR_NOT_NULL(strstr(o.err, "missing.conf"));
 	t_out_free(&o);
 
+	/* cron's jobs on a machine that has no spool yet: nothing to do */
+	env_make(&e, NULL);
+	QHINTS(&e, &o, "reboot");
+	CU_ASSERT_EQUAL(o.status, 0);
+	CU_ASSERT_PTR_NOT_NULL(strstr(o.out, "nothing to do"));
+	t_out_free(&o);
+	QHINTS(&e, &o, "tidy");
+	CU_ASSERT_EQUAL(o.status, 0);
+	t_out_free(&o);
+	CU_ASSERT_NOT_EQUAL(stat(e.spool, &st), 0);
+	QCTL(&e, NULL, &o, "list");
+	CU_ASSERT_EQUAL(o.status, 66);
+	CU_ASSERT_PTR_NOT_NULL(strstr(o.err, "does not exist"));
+	t_out_free(&o);
+
 	/* a good one is printed back by `qctl config` */
 	env_make(&e, "hosts_max_try = 3\n");
 	QCTL(&e, NULL, &o, "config");
