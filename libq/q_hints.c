@@ -92,7 +92,13 @@
 
 #define Q_HINTS_TRIES      100          /* deadlock retries per operation */
 #define Q_HINTS_REOPENS    3            /* reopens per operation */
-#define Q_HINTS_CACHE      (16u << 20)  /* mpool cache */
+#define Q_HINTS_CACHE      (32u << 20)  /* mpool cache: a 100k-message index
+					   is ~25 MB; walks that fit are
+					   3-5 times faster */
+#define Q_HINTS_PAGE       16384        /* btree pages: 4 KB pages cost one
+					   write fault on the file-backed
+					   region per page touched; 16 KB
+					   halve a cold walk */
 #define Q_HINTS_LOG_MAX    (1u << 20)   /* log file size */
 #define Q_HINTS_CKP_EVERY  128          /* writes between checkpoint checks */
 #define Q_HINTS_CKP_KB     1024         /* ... checkpoint when this much log */
@@ -318,6 +324,8 @@ static int open_one_db(struct henv *e, struct hdb *d)
 		return rc;
 	rc = db->set_flags(db, DB_CHKSUM | (d->dup ? DB_DUP | DB_DUPSORT
 						     : DB_RECNUM));
+	if (rc == 0)    /* only used when the file is created */
+		rc = db->set_pagesize(db, Q_HINTS_PAGE);
 	if (rc == 0)
 		rc = db->open(db, NULL, file, NULL, DB_BTREE,
 			      DB_CREATE | DB_AUTO_COMMIT | DB_THREAD, 0600);
@@ -1169,9 +1177,12 @@ static int hints_run(struct q_hints *h, enum q_db which, const char *what,
 			backoff(tries);
 			continue;
 		}
+		/* EINVAL too: damaged logs show as "file has LSN past end
+		 * of log" when a page is written. Our own arguments are
+		 * checked before they reach Berkeley DB. */
 		if (rc != HINTS_NOT_OPEN && rc != DB_RUNRECOVERY &&
 		    rc != DB_PAGE_NOTFOUND && rc != DB_VERIFY_BAD &&
-		    rc != DB_CHKSUM_FAIL)
+		    rc != DB_CHKSUM_FAIL && rc != EINVAL)
 			break;
 		if (op.no_retry || reopens >= Q_HINTS_REOPENS)
 			break;
