@@ -40,7 +40,8 @@
  *   last line (no '\n'), which readers ignore and the next lock holder
  *   cuts off before it appends. Any other garbage in -H or -J makes the
  *   message corrupt: the error names PATH:LINE and the -H, -D and -J files
- *   are moved to corrupt/ (never deleted). A reader without the lock reads
+ *   are moved to corrupt/ (never deleted), and q_log (the main log, when
+ *   the program opened it) records it. A reader without the lock reads
  *   a garbled -J twice before it believes it (the lock holder may have
  *   been cutting a torn line off while it read).
  * - Journal merge is not idempotent for `tries`: a crash between the
@@ -60,6 +61,7 @@
 #include "q_private.h"
 #include "q/spool.h"
 #include "q/hints.h"
+#include "q/log.h"
 #include "q_spool-private.h"
 
 #include <assert.h>
@@ -1057,6 +1059,8 @@ static void move_corrupt(struct q_spool *s, int split, const char *id,
 	else
 		q_err(error_r, "%s (could not move it to %s/corrupt/: %s)", what,
 		      s->dir, strerror(err));
+	/* a listing skips the message: the main log (if open) keeps a trace */
+	q_log("%s corrupt: %s", id, q_err_last());
 }
 
 /* ------------------------------------------------------------------ */

@@ -9,6 +9,7 @@
 #include "q_private.h"
 #include "q/spool.h"
 #include "q/hints.h"
+#include "q/log.h"
 #include "tests/tlib.h"
 
 #include <errno.h>
@@ -672,6 +673,33 @@ static void test_corrupt_random(void)
 	q_spool_close(&s);
 }
 
+/* The main log keeps a trace of a message moved aside (a listing skips
+ * it silently otherwise). */
+static void test_corrupt_logged(void)
+{
+	struct q_spool *s = new_spool();
+	const char *rc[] = { "a@example.com" };
+	char id[Q_ID_LEN + 1], path[PATH_MAX];
+	struct q_env *env = NULL;
+	const char *err = NULL;
+	char *log;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+	CU_ASSERT_EQUAL_FATAL(q_log_open(q_spool_dir(s), false, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(mk(s, "s@example.com", rc, 1, "x\r\n", id), 0);
+	CU_ASSERT_EQUAL(t_write_file(q_spool_path(s, id, 'H', path, sizeof(path)),
+				     "qkit-H 1\nid x\n"), 0);
+	CU_ASSERT_EQUAL(q_spool_read(s, id, &env, &err), -1);
+	q_log_close();
+	snprintf(path, sizeof(path), "%s/log/mainlog", q_spool_dir(s));
+	log = t_read_file(path, NULL);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(log);
+	CU_ASSERT_PTR_NOT_NULL(strstr(log, id));
+	CU_ASSERT_PTR_NOT_NULL(strstr(log, "-H:2: id does not match"));
+	free(log);
+	q_spool_close(&s);
+}
+
 /* ---- commit, freeze, remove, msglog ---- */
 
 static void test_commit(void)
@@ -927,6 +955,7 @@ void suite_spool(void)
 	CU_add_test(s, "corrupt -H: truncated at every offset",
 		    test_corrupt_truncated);
 	CU_add_test(s, "corrupt -H: random damage", test_corrupt_random);
+	CU_add_test(s, "corrupt -H: logged", test_corrupt_logged);
 	CU_add_test(s, "commit", test_commit);
 	CU_add_test(s, "freeze, thaw, remove", test_freeze_thaw_remove);
 	CU_add_test(s, "msglog", test_msglog);
