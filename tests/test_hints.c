@@ -1118,6 +1118,65 @@ static int count_corrupt_dirs(const char *dir)
 
 enum { EXPECT_INTACT, EXPECT_NOTICE, EXPECT_EITHER };
 
+/* Verdicts of corrupt_probe (exit statuses). */
+enum { PROBE_INTACT, PROBE_OPEN_NOTICE, PROBE_WALK_MOVED, PROBE_WRITE_MOVED,
+       PROBE_BAD = 20 };
+
+/* Open a possibly damaged environment, read everything, write once. */
+static int corrupt_probe(const char *dir, size_t i, const char *what)
+{
+	struct q_hints *h = NULL;
+	const char *err = NULL, *notice = NULL, *how = "intact";
+	struct verify v = { 0 };
+	struct q_buf b = { 0 };
+	int verdict = PROBE_INTACT;
+
+	if (q_hints_open(dir, "smtp", &h, &notice, &err) != 0) {
+		fprintf(stderr, "corruption case %zu: open: %s\n", i, err);
+		return PROBE_BAD + 1;
+	}
+	if (notice != NULL) {
+		verdict = PROBE_OPEN_NOTICE;
+		how = notice;
+	}
+	/* garbage pages show up here at the latest */
+	if (q_hints_iter(h, Q_DB_RETRY, NULL, 0, verify_fn, &v, &err) < 0) {
+		if (strstr(err, "moved") == NULL) {
+			fprintf(stderr, "corruption case %zu: walk: %s\n", i, err);
+			return PROBE_BAD + 2;
+		}
+		if (verdict == PROBE_INTACT) {
+			verdict = PROBE_WALK_MOVED;
+			how = "(reported by the walk)";
+		}
+	}
+	/* a damaged log may only show when a page is written: the first
+	 * write then reports the move aside */
+	if (q_hints_put(h, Q_DB_RETRY, "fresh", 5, "ok", 2, &err) < 0) {
+		if (strstr(err, "moved") == NULL) {
+			fprintf(stderr, "corruption case %zu: put: %s\n", i, err);
+			return PROBE_BAD + 3;
+		}
+		if (verdict == PROBE_INTACT) {
+			verdict = PROBE_WRITE_MOVED;
+			how = "(reported by the first write)";
+		}
+		if (q_hints_put(h, Q_DB_RETRY, "fresh", 5, "ok", 2, &err) < 0)
+			return PROBE_BAD + 4;
+	}
+	if (getenv("QKIT_TEST_VERBOSE") != NULL)
+		fprintf(stderr, "corruption case %zu (%s): %s\n", i, what, how);
+	/* untouched data reads back whole */
+	if (verdict == PROBE_INTACT && (v.bad != 0 || v.n < 300))
+		return PROBE_BAD + 5;
+	if (q_hints_get(h, Q_DB_RETRY, "fresh", 5, &b, &err) != 0 ||
+	    q_wait_add(h, "mx", "new", &err) != 0)
+		return PROBE_BAD + 6;
+	q_buf_free(&b);
+	q_hints_close(&h);
+	return verdict;
+}
+
 static void test_corruption(void)
 {
 	static const struct {
@@ -1161,9 +1220,9 @@ static void test_corruption(void)
 	for (i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
 		char *dir = db_dir();
 		struct q_hints *h = NULL;
-		const char *err = NULL, *notice = NULL;
-		struct verify v = { 0 };
-		int r, n, j;
+		const char *err = NULL;
+		int r, n, j, st;
+		pid_t pid;
 
 		/* a populated environment, closed (or its writer killed) */
 		h = open_ok(dir);
@@ -1201,49 +1260,39 @@ static void test_corruption(void)
 				cases[i].file);
 		CU_ASSERT(n > 0);
 
-		r = q_hints_open(dir, "smtp", &h, &notice, &err);
-		if (r != 0)
-			fprintf(stderr, "corruption case %zu: %s\n", i, err);
-		CU_ASSERT_EQUAL_FATAL(r, 0);
-		/* read everything: garbage pages show up here at the latest */
-		r = q_hints_iter(h, Q_DB_RETRY, NULL, 0, verify_fn, &v, &err);
-		if (r < 0) {
-			/* only as the report of a move aside */
-			CU_ASSERT_PTR_NOT_NULL(strstr(err, "moved"));
-			if (notice == NULL)
-				notice = "(reported by the walk)";
-		}
-		/* a damaged log may only show when a page is written: the
-		 * first write then reports the move aside */
-		r = q_hints_put(h, Q_DB_RETRY, "fresh", 5, "ok", 2, &err);
-		if (r < 0) {
-			CU_ASSERT_PTR_NOT_NULL(strstr(err, "moved"));
-			if (notice == NULL)
-				notice = "(reported by the first write)";
-		}
-		if (getenv("QKIT_TEST_VERBOSE") != NULL)
-			fprintf(stderr, "corruption case %zu (%s): %s\n", i,
-				cases[i].file, notice != NULL ? notice : "intact");
-		if (notice != NULL) {
+		/* The damaged environment is met by a child process: when a
+		 * write fails on a damaged log, Berkeley DB 5.3 leaks its log
+		 * record buffer (57 bytes, in __log_put_record), which the
+		 * leak checker would charge to us; the child leaves with
+		 * _exit. Its verdict comes back as the exit status. */
+		pid = fork();
+		CU_ASSERT_FATAL(pid >= 0);
+		if (pid == 0)
+			_exit(corrupt_probe(dir, i, cases[i].file));
+		CU_ASSERT_EQUAL(waitpid(pid, &st, 0), pid);
+		CU_ASSERT_FATAL(WIFEXITED(st));
+		r = WEXITSTATUS(st);
+		if (r >= PROBE_BAD)
+			fprintf(stderr, "corruption case %zu: probe failed (%d)\n",
+				i, r);
+		CU_ASSERT(r < PROBE_BAD);
+		if (r != PROBE_INTACT) {
 			CU_ASSERT(cases[i].expect != EXPECT_INTACT);
 			CU_ASSERT_EQUAL(count_corrupt_dirs(dir), 1);
-			if (cases[i].expect == EXPECT_INTACT)
-				fprintf(stderr, "corruption case %zu: %s\n", i, notice);
 		} else {
 			CU_ASSERT(cases[i].expect != EXPECT_NOTICE);
-			if (cases[i].expect == EXPECT_NOTICE)
-				fprintf(stderr, "corruption case %zu: no notice\n", i);
-			CU_ASSERT_EQUAL(v.bad, 0);
-			CU_ASSERT(v.n >= 300);
 			CU_ASSERT_EQUAL(count_corrupt_dirs(dir), 0);
 		}
-		/* whatever happened, the hints work now */
-		CU_ASSERT_EQUAL(put_s(h, Q_DB_RETRY, "fresh", "ok"), 0);
-		CU_ASSERT_TRUE(get_eq(h, Q_DB_RETRY, "fresh", "ok"));
-		CU_ASSERT_EQUAL(q_wait_add(h, "mx", "new", &err), 0);
-		q_hints_close(&h);
+		if ((r == PROBE_INTACT) != (cases[i].expect != EXPECT_NOTICE) &&
+		    cases[i].expect != EXPECT_EITHER)
+			fprintf(stderr, "corruption case %zu: verdict %d\n", i, r);
+		/* whatever happened, the hints work now, here too */
 		h = open_ok(dir);
 		CU_ASSERT_TRUE(get_eq(h, Q_DB_RETRY, "fresh", "ok"));
+		CU_ASSERT_EQUAL(put_s(h, Q_DB_RETRY, "fresh2", "ok"), 0);
+		q_hints_close(&h);
+		h = open_ok(dir);
+		CU_ASSERT_TRUE(get_eq(h, Q_DB_RETRY, "fresh2", "ok"));
 		q_hints_close(&h);
 	}
 }
