@@ -1,0 +1,160 @@
+/*
+ * tests/fuzz/fuzz_config.c - the configuration parser (q_conf_load in
+ * libq/q_conf.c) and its printer.
+ *
+ * Input: a qkit.conf. q_conf_load has no in-memory entry, so the input
+ * is written to a file on tmpfs (fz_tmpdir) and loaded. Checked:
+ *  - never a crash or a leak; an error is "FILE:LINE: what" with a line
+ *    number between 1 and the number of lines of the input (+1);
+ *  - a loaded config is complete: the values the rest of qkit relies on
+ *    (timeouts within their minimum, non-empty spool directory, every
+ *    route with hosts, every retry rule with a pattern, a kind that
+ *    q_retry_kind_valid accepts and increasing cutoffs);
+ *  - q_conf_print's output loads again, and printing that gives the same
+ *    text (the header of q_conf.c promises the round trip);
+ *  - q_conf_route and q_hostlist_match run over the loaded lists.
+ */
+#include "config.h"
+#include "q/conf.h"
+#include "q/retry.h"
+#include "fuzz.h"
+
+#include <fcntl.h>
+#include <limits.h>
+#include <string.h>
+#include <unistd.h>
+
+static char path[PATH_MAX];
+static int dirfd_ = -1;
+
+static char *print_conf(const struct q_conf *c, size_t *len_r)
+{
+	char *text = NULL;
+	FILE *f = open_memstream(&text, len_r);
+
+	if (f == NULL)
+		fz_harness_fail("open_memstream failed");
+	q_conf_print(c, f);
+	if (fclose(f) != 0)
+		fz_harness_fail("fclose of a memstream failed");
+	return text;
+}
+
+static void check_conf(const struct q_conf *c)
+{
+	const struct q_hostlist *lists[] = {
+		&c->serialize_hosts, &c->hosts_require_tls, &c->hosts_avoid_tls,
+		&c->tls_verify_hosts,
+	};
+	static const char *const names[][2] = {
+		{ "mx.example.com", "192.0.2.1" }, { "a.b", "2001:db8::1" },
+		{ NULL, "127.0.0.1" }, { "localhost", NULL },
+	};
+	static const char *const domains[] = {
+		"example.com", "sub.example.com", "EXAMPLE.NET", "x", "[192.0.2.1]",
+	};
+
+	FZ_CHECK(c->spool_directory != NULL && c->spool_directory[0] != '\0',
+		 "no spool directory");
+	FZ_CHECK(c->primary_hostname != NULL, "no primary_hostname");
+	FZ_CHECK(c->port >= 1 && c->port <= 65535, "port %u", c->port);
+	FZ_CHECK(c->connect_timeout >= 0 && c->command_timeout >= 1 &&
+		 c->data_timeout >= 1 && c->final_timeout >= 1 &&
+		 c->retry_interval_max >= 1, "a timeout below its minimum");
+	FZ_CHECK(c->hosts_max_try >= 1 && c->max_rcpt >= 1 &&
+		 c->serialize_max >= 1 && c->remote_max_parallel >= 1,
+		 "a count below its minimum");
+	FZ_CHECK(c->nfallback == 0 || c->fallback_hosts != NULL, "fallback");
+	FZ_CHECK(c->tls_privatekey == NULL || c->tls_certificate != NULL,
+		 "tls_privatekey without tls_certificate");
+	for (size_t i = 0; i < c->nfallback; i++)
+		FZ_CHECK(c->fallback_hosts[i].name != NULL &&
+			 c->fallback_hosts[i].port <= 65535, "fallback host %zu", i);
+	for (size_t i = 0; i < c->nroutes; i++) {
+		const struct q_route *r = &c->routes[i];
+
+		FZ_CHECK(r->pattern != NULL && r->nhosts >= 1 && r->hosts != NULL,
+			 "route %zu incomplete", i);
+		for (size_t j = 0; j < r->nhosts; j++)
+			FZ_CHECK(r->hosts[j].name != NULL &&
+				 r->hosts[j].port <= 65535, "route %zu host %zu",
+				 i, j);
+	}
+	for (size_t i = 0; i < c->nretry; i++) {
+		const struct q_retry_rule *r = &c->retry[i];
+
+		FZ_CHECK(r->pattern != NULL && r->kind != NULL,
+			 "retry rule %zu incomplete", i);
+		FZ_CHECK(strcmp(r->kind, "*") == 0 || q_retry_kind_valid(r->kind),
+			 "retry rule %zu has kind \"%s\", which is not valid", i,
+			 r->kind);
+		for (size_t j = 0; j < r->nalgo; j++) {
+			const struct q_retry_algo *a = &r->algo[j];
+
+			FZ_CHECK((a->type == 'F' || a->type == 'G') &&
+				 a->cutoff > 0 && a->p1 > 0 &&
+				 (a->type == 'F' || a->factor > 1.0) &&
+				 (j == 0 || a->cutoff > r->algo[j - 1].cutoff),
+				 "retry rule %zu algorithm %zu", i, j);
+		}
+	}
+	for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++)
+		for (size_t j = 0; j < sizeof(names) / sizeof(names[0]); j++)
+			(void)q_hostlist_match(lists[i], names[j][0], names[j][1]);
+	for (size_t i = 0; i < sizeof(domains) / sizeof(domains[0]); i++) {
+		const struct q_route *r = q_conf_route(c, domains[i]);
+
+		FZ_CHECK(r == NULL || (r >= c->routes && r < c->routes + c->nroutes),
+			 "q_conf_route returned a route not in the list");
+	}
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	struct q_conf *c = NULL, *c2 = NULL;
+	const char *err = NULL;
+	char *t1, *t2;
+	size_t n1, n2, lines = 1;
+
+	if (dirfd_ < 0) {
+		snprintf(path, sizeof(path), "%s/qkit.conf", fz_tmpdir());
+		dirfd_ = open(fz_tmpdir(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (dirfd_ < 0)
+			fz_harness_fail("open %s", fz_tmpdir());
+	}
+	fz_write_at(dirfd_, "qkit.conf", data, size);
+	if (q_conf_load(path, &c, &err) < 0) {
+		size_t plen = strlen(path);
+		unsigned long line;
+		char *end;
+
+		FZ_CHECK(c == NULL, "a config returned with an error");
+		FZ_CHECK(err != NULL && strncmp(err, path, plen) == 0 &&
+			 err[plen] == ':', "error does not name the file: %s", err);
+		for (size_t i = 0; i < size; i++)
+			if (data[i] == '\n')
+				lines++;
+		/* "FILE: what" (I/O, size) or "FILE:LINE: what" */
+		if (err[plen + 1] != ' ') {
+			line = strtoul(err + plen + 1, &end, 10);
+			FZ_CHECK(*end == ':' && line >= 1 && line <= lines,
+				 "error names line %lu of %zu: %s", line, lines, err);
+		}
+		return 0;
+	}
+	FZ_CHECK(c != NULL, "no config and no error");
+	check_conf(c);
+	t1 = print_conf(c, &n1);
+	fz_write_at(dirfd_, "qkit.conf", t1, n1);
+	FZ_CHECK(q_conf_load(path, &c2, &err) == 0, "the printed config does "
+		 "not load: %s\n--- printed:\n%s", err, t1);
+	check_conf(c2);
+	t2 = print_conf(c2, &n2);
+	FZ_CHECK(n1 == n2 && memcmp(t1, t2, n1) == 0, "print, load, print "
+		 "differs:\n--- first:\n%s\n--- second:\n%s", t1, t2);
+	free(t1);
+	free(t2);
+	q_conf_free(&c);
+	q_conf_free(&c2);
+	return 0;
+}
