@@ -165,7 +165,7 @@ Q_API int q_msg_journal(struct q_msg *msg, size_t rcpt_index, char state,
 /* fdatasync the journal (after a batch of Q_JOURNAL_NOSYNC entries). */
 Q_API int q_msg_journal_sync(struct q_msg *msg, const char **error_r);
 
-/* Merge the journal into -H (write tmp, fsync, rename), remove -J, and
+/* Merge the journal into -H (write tmp, fsync, rename), empty -J, and
  * update the index entry (next_try is stored there; 0 = due now).
  * When no recipient is pending the message is removed from the spool
  * instead: -H, then -D, then -J, then msglog/<id> and the index entry
