@@ -34,6 +34,7 @@
 #include "q/retry.h"
 #include "q/spool.h"
 #include "q/log.h"
+#include "q/runner.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -78,6 +79,9 @@ static void usage(FILE *f)
 "  stats [--json]  messages and bytes per destination domain and age (like qshape)\n"
 "  sessions [--json]\n"
 "                  live SMTP sessions of the delivery runner\n"
+"  flush [-v] [-P N] [--json] [ID...|-R DOMAIN]\n"
+"                  deliver now, ignoring retry times (the queue run of qrun -f,\n"
+"                  or just these messages, or one domain's recipients)\n"
 "  config          print the effective configuration\n"
 "\n"
 "Exit status: 0 ok, 64 usage, 65 bad data, 66 no such message, 74 I/O error,\n"
@@ -1387,6 +1391,86 @@ static int cmd_sessions(int argc, char **argv)
 }
 
 /* ------------------------------------------------------------------ */
+/* flush: the runner's own code (q_run), forced */
+
+static int cmd_flush(int argc, char **argv)
+{
+	static const struct option lo[] = {
+		{ "json", no_argument, NULL, 'J' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct q_run_opts o;
+	struct q_run_stats st;
+	bool json = false, verbose = false;
+	const char *err = NULL;
+	int c;
+
+	memset(&o, 0, sizeof(o));
+	while ((c = sub_getopt(argc, argv, "hvR:P:", lo)) != -1) {
+		switch (c) {
+		case 'J': json = true; break;
+		case 'v': verbose = true; break;
+		case 'R': o.domain = optarg; break;
+		case 'P': {
+			char *end;
+			long n = strtol(optarg, &end, 10);
+			if (*end != '\0' || n < 1 || n > 256)
+				cli_usage_error("flush: -P needs a number from 1 to 256");
+			o.parallel = (unsigned)n;
+			break;
+		}
+		}
+	}
+	if (optind < argc && o.domain != NULL)
+		cli_usage_error("flush: give message ids or -R DOMAIN, not both");
+	for (int i = optind; i < argc; i++)
+		if (!q_id_valid(argv[i]))
+			cli_usage_error("flush: '%s' is not a message id", argv[i]);
+	o.ids = (const char *const *)&argv[optind];
+	o.nids = (size_t)(argc - optind);
+	o.no_run_lock = o.nids > 0;
+	o.force = true;
+	o.verbose = verbose ? stdout : NULL;
+	cli_conf();
+	cli_spool(true);
+	if (q_log_open(q_spool_dir(cli.spool), false, &err) < 0)
+		cli_warn("main log: %s", err);
+	cli_flush();
+	int ret = q_run(cli.spool, cli.conf, &o, &st, &err);
+	if (ret == Q_BUSY) {
+		cli_warn("flush: %u queue runs already in progress (queue_run_max); "
+			 "not starting another", cli.conf->queue_run_max);
+		return EX_TEMPFAIL;
+	}
+	if (ret < 0) {
+		cli_warn("flush: %s", err);
+		return EX_TEMPFAIL;
+	}
+	if (json) {
+		cli_json_open('{');
+		cli_json_kint("messages", (long long)st.messages);
+		cli_json_kint("completed", (long long)st.completed);
+		cli_json_kint("delivered", (long long)st.delivered);
+		cli_json_kint("deferred", (long long)st.deferred);
+		cli_json_kint("failed", (long long)st.failed);
+		cli_json_kint("bounces", (long long)st.bounces);
+		cli_json_kint("connections", (long long)st.connections);
+		cli_json_kint("busy", (long long)st.skipped_busy);
+		cli_json_close('}');
+		cli_putc('\n');
+	} else {
+		cli_printf("flush: %zu messages (%zu completed): %zu delivered, %zu deferred, "
+			   "%zu failed; %zu busy\n", st.messages, st.completed,
+			   st.delivered, st.deferred, st.failed, st.skipped_busy);
+	}
+	if (o.nids > 0 && st.messages + st.skipped_busy < o.nids)
+		cli_warn("flush: %zu of the %zu messages named were not due or not on the "
+			 "queue", o.nids - st.messages - st.skipped_busy, o.nids);
+	return st.skipped_busy > 0 ? EX_TEMPFAIL : EX_OK;
+}
+
+/* ------------------------------------------------------------------ */
 /* config */
 
 static int cmd_config(int argc, char **argv)
@@ -1423,6 +1507,7 @@ static const struct {
 	{ "retry", cmd_retry },
 	{ "stats", cmd_stats },
 	{ "sessions", cmd_sessions },
+	{ "flush", cmd_flush },
 	{ "config", cmd_config },
 };
 
