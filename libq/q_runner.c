@@ -59,6 +59,7 @@
 
 #define MAX_REQUEUE 3          /* a job re-sent after a broken connection */
 #define SESS_EVERY_MS 200      /* live-session writes for per-message states */
+#define JOIN_MIN_JOBS 32       /* jobs waiting per connection before another opens */
 
 struct run;
 
@@ -842,8 +843,12 @@ static void job_defer_all(struct run *r, struct dest *d, struct job *j,
 	}
 	struct mstate *m = j->m;
 	struct q_env *env = q_msg_env(m->msg);
+	/* a host busy elsewhere (serialized) or a run that stops is no
+	   failure of the host: those wait for a later run */
 	bool to_fallback = !expired && fallback_allowed(r, d) &&
-			   d->route_status == 0;
+			   d->route_status == 0 &&
+			   strcmp(e->kind, "serialized") != 0 &&
+			   strcmp(e->kind, "stopped") != 0;
 	bool bounce = expired && (r->conf->delay_after_cutoff ||
 				  d->route_status == Q_ROUTE_PERMANENT);
 	if (d->route_status == Q_ROUTE_PERMANENT)
@@ -1072,6 +1077,10 @@ static int dest_connect(struct worker *w, struct dest *d, struct conn_state *cs,
 				if (q_smtp_tls_resumed(cs->c))
 					stat_add(r, &r->st->tls_resumed, 1);
 			}
+			q_log("connected to %s [%s]:%u%s%s%s", h->name, h->ip, port,
+			      q_smtp_tls_info(cs->c) ? " X=" : "",
+			      q_smtp_tls_info(cs->c) ? q_smtp_tls_info(cs->c) : "",
+			      q_smtp_tls_resumed(cs->c) ? " (TLS session resumed)" : "");
 			vlog(r, "connected to %s [%s]:%u%s%s%s", h->name, h->ip, port,
 			     q_smtp_tls_info(cs->c) ? " TLS " : "",
 			     q_smtp_tls_info(cs->c) ? q_smtp_tls_info(cs->c) : "",
@@ -1369,6 +1378,10 @@ static struct dest *pick(struct run *r)
 			}
 			if (d->down && d->route_status == 0 && d->active > 0)
 				continue;  /* its worker drains it */
+			/* a second connection to a destination pays off only
+			   when many messages wait for it */
+			if (d->active > 0 && d->njobs < JOIN_MIN_JOBS * d->active)
+				continue;
 			if (d->active > 0 && !d->proven && !d->down &&
 			    d->route_status == 0) {
 				/* one worker finds out whether a host answers
@@ -1532,6 +1545,15 @@ int q_run(struct q_spool *spool, const struct q_conf *conf,
 		ret = -1;
 		goto out;
 	}
+	/* TLS sessions of earlier runs, so that their hosts resume */
+	char tlsfile[4096];
+	snprintf(tlsfile, sizeof(tlsfile), "%s/db/tls-sessions", q_spool_dir(spool));
+	size_t nsess = 0;
+	const char *terr = NULL;
+	if (q_tls_ctx_load(r.tls, tlsfile, &nsess, &terr) < 0)
+		q_log("TLS session cache: %s (ignored)", terr);
+	else if (nsess > 0)
+		vlog(&r, "TLS session cache: %zu sessions from earlier runs", nsess);
 
 	/* phase 1 */
 	if (q_spool_list(spool, collect, &r, error_r) < 0) {
@@ -1559,6 +1581,8 @@ int q_run(struct q_spool *spool, const struct q_conf *conf,
 
 	/* phase 2 */
 	run_workers(&r, o->parallel ? o->parallel : conf->remote_max_parallel);
+	if (st->tls > 0 && q_tls_ctx_save(r.tls, tlsfile, &terr) < 0)
+		q_log("TLS session cache: %s", terr);
 	(void)q_spool_sync(spool, NULL);
 	if (r.fatal) {
 		ret = q_err(error_r, "queue run stopped: %s", r.fatal_text);

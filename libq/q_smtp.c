@@ -72,6 +72,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -231,6 +232,147 @@ static void sess_forget(struct q_tls_ctx *t, const char *key)
 	if (e != NULL)
 		sess_drop(t, e);
 	pthread_mutex_unlock(&t->mu);
+}
+
+/* ---- the session cache on disk (resumption across runs) ----
+ * File: "qkit-tls-sessions 1\n", then per session a u32 key length, the
+ * key, a u32 DER length and the DER of the SSL_SESSION (big-endian
+ * lengths). Sessions hold secrets: the file is written 0600 (tmp, then
+ * rename) and the caller keeps it in the private spool/db directory. */
+#define SESS_FILE_MAGIC "qkit-tls-sessions 1\n"
+#define SESS_FILE_MAX_DER 65536
+
+static void put_u32(unsigned char *p, uint32_t v)
+{
+	p[0] = (unsigned char)(v >> 24);
+	p[1] = (unsigned char)(v >> 16);
+	p[2] = (unsigned char)(v >> 8);
+	p[3] = (unsigned char)v;
+}
+
+static uint32_t get_u32(const unsigned char *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
+	       (uint32_t)p[2] << 8 | (uint32_t)p[3];
+}
+
+int q_tls_ctx_save(struct q_tls_ctx *t, const char *path, const char **error_r)
+{
+	char tmp[4096];
+	int n = snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
+	if (n < 0 || (size_t)n >= sizeof(tmp))
+		return q_err(error_r, "%s: path too long", path);
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0)
+		return q_err(error_r, "create %s: %s", tmp, strerror(errno));
+	FILE *f = fdopen(fd, "w");
+	if (f == NULL) {
+		close(fd);
+		unlink(tmp);
+		return q_err(error_r, "%s: %s", tmp, strerror(errno));
+	}
+	fputs(SESS_FILE_MAGIC, f);
+	time_t now = time(NULL);
+	pthread_mutex_lock(&t->mu);
+	for (struct sess_ent *e = t->oldest; e != NULL; e = e->newer) {
+		long born = SSL_SESSION_get_time(e->sess);
+		long life = SSL_SESSION_get_timeout(e->sess);
+		if (!SSL_SESSION_is_resumable(e->sess) || (long)now > born + life)
+			continue;
+		int dlen = i2d_SSL_SESSION(e->sess, NULL);
+		if (dlen <= 0 || dlen > SESS_FILE_MAX_DER)
+			continue;
+		unsigned char *der = malloc((size_t)dlen), *p = der;
+		if (der == NULL || i2d_SSL_SESSION(e->sess, &p) != dlen) {
+			free(der);
+			continue;
+		}
+		unsigned char len[4];
+		size_t klen = strlen(e->key);
+		put_u32(len, (uint32_t)klen);
+		fwrite(len, 1, 4, f);
+		fwrite(e->key, 1, klen, f);
+		put_u32(len, (uint32_t)dlen);
+		fwrite(len, 1, 4, f);
+		fwrite(der, 1, (size_t)dlen, f);
+		OPENSSL_cleanse(der, (size_t)dlen);
+		free(der);
+	}
+	pthread_mutex_unlock(&t->mu);
+	if (fflush(f) != 0 || ferror(f)) {
+		fclose(f);
+		unlink(tmp);
+		return q_err(error_r, "write %s: %s", tmp, strerror(errno));
+	}
+	fclose(f);
+	if (rename(tmp, path) < 0) {
+		unlink(tmp);
+		return q_err(error_r, "rename %s: %s", tmp, strerror(errno));
+	}
+	return 0;
+}
+
+int q_tls_ctx_load(struct q_tls_ctx *t, const char *path, size_t *count_r,
+		   const char **error_r)
+{
+	size_t count = 0;
+	if (count_r != NULL)
+		*count_r = 0;
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0) {
+		if (errno == ENOENT)
+			return Q_NOTFOUND;
+		return q_err(error_r, "open %s: %s", path, strerror(errno));
+	}
+	FILE *f = fdopen(fd, "r");
+	if (f == NULL) {
+		close(fd);
+		return q_err(error_r, "%s: %s", path, strerror(errno));
+	}
+	char magic[sizeof(SESS_FILE_MAGIC)];
+	if (fread(magic, 1, sizeof(magic) - 1, f) != sizeof(magic) - 1 ||
+	    memcmp(magic, SESS_FILE_MAGIC, sizeof(magic) - 1) != 0) {
+		fclose(f);
+		return q_err(error_r, "%s: not a qkit TLS session file", path);
+	}
+	unsigned char len[4];
+	char key[1024];
+	unsigned char *der = malloc(SESS_FILE_MAX_DER);
+	int ret = 0;
+	while (der != NULL && fread(len, 1, 4, f) == 4) {
+		uint32_t klen = get_u32(len);
+		if (klen == 0 || klen >= sizeof(key) || fread(key, 1, klen, f) != klen ||
+		    fread(len, 1, 4, f) != 4) {
+			ret = q_err(error_r, "%s: truncated or garbled", path);
+			break;
+		}
+		key[klen] = '\0';
+		uint32_t dlen = get_u32(len);
+		if (dlen == 0 || dlen > SESS_FILE_MAX_DER || fread(der, 1, dlen, f) != dlen) {
+			ret = q_err(error_r, "%s: truncated or garbled", path);
+			break;
+		}
+		const unsigned char *p = der;
+		SSL_SESSION *sess = d2i_SSL_SESSION(NULL, &p, (long)dlen);
+		if (sess == NULL)
+			continue;           /* one bad entry: skip it */
+		long born = SSL_SESSION_get_time(sess);
+		long life = SSL_SESSION_get_timeout(sess);
+		if (!SSL_SESSION_is_resumable(sess) || (long)time(NULL) > born + life ||
+		    !sess_put(t, key, sess)) {
+			SSL_SESSION_free(sess);
+			continue;
+		}
+		count++;
+	}
+	if (der != NULL) {
+		OPENSSL_cleanse(der, SESS_FILE_MAX_DER);
+		free(der);
+	}
+	fclose(f);
+	if (count_r != NULL)
+		*count_r = count;
+	return ret;
 }
 
 struct q_smtp_conn;

@@ -194,7 +194,7 @@ static int exim_start(struct exim *e, const char *dir)
 		 "daemon_smtp_ports = %u\nlocal_interfaces = 127.0.0.1\n"
 		 "never_users =\nhost_lookup =\nrfc1413_hosts =\n"
 		 "smtp_accept_queue_per_connection = 0\n"
-		 "tls_advertise_hosts = *\n"
+		 "tls_advertise_hosts = *\ntls_resumption_hosts = *\n"
 		 "tls_certificate = %s\ntls_privatekey = %s\n"
 		 "pipelining_advertise_hosts = *\n"
 		 "log_selector = +tls_cipher +pipelining\n"
@@ -285,6 +285,15 @@ static void test_exim_starttls(void)
 	CU_ASSERT_EQUAL(ts_count(p, "X=TLS"), 20);
 	snprintf(p, sizeof(p), "%s/out/new", e.dir);
 	CU_ASSERT_EQUAL(count_files(p), 20);
+
+	/* a later run resumes the TLS session of the first (kept in
+	   spool/db/tls-sessions): Exim speaks GnuTLS, we OpenSSL */
+	CU_ASSERT_EQUAL_FATAL(submit_n(conf, 2, 1, 1), 2);
+	CU_ASSERT_EQUAL(run_qrun(conf, "1", &o), 0);
+	CU_ASSERT_EQUAL(json_field(o.out, "delivered"), 2);
+	CU_ASSERT_EQUAL(json_field(o.out, "tls"), 1);
+	CU_ASSERT_EQUAL(json_field(o.out, "tls_resumed"), 1);
+	t_out_free(&o);
 	exim_stop(&e);
 }
 
@@ -326,7 +335,7 @@ void suite_peers(void)
 {
 	CU_pSuite s = CU_add_suite("peers", NULL, NULL);
 	CU_add_test(s, "qrun into Postfix smtp-sink: 300 messages, 10 domains", test_smtp_sink);
-	CU_add_test(s, "qrun into Exim with STARTTLS: one handshake for 20 messages",
+	CU_add_test(s, "qrun into Exim with STARTTLS: one handshake for 20 messages, resumed by the next run",
 		    test_exim_starttls);
 	CU_add_test(s, "qrun to Exim with a certificate for another name: deferred",
 		    test_exim_verify_fails);

@@ -56,6 +56,18 @@ struct q_tls_opts {
  * keyed by "host:ip:port" for resumption. */
 Q_API int q_tls_ctx_new(const struct q_tls_opts *o, struct q_tls_ctx **ctx_r,
 			const char **error_r);
+/* Write the context's resumable sessions to path (0600, written to a
+ * temporary file and renamed), so that a later run resumes them: the
+ * file holds session secrets and belongs in the private spool/db.
+ * Returns 0 or -1. */
+Q_API int q_tls_ctx_save(struct q_tls_ctx *ctx, const char *path,
+			 const char **error_r);
+/* Load sessions written by q_tls_ctx_save (expired ones are skipped).
+ * Returns 0 (count in *count_r), Q_NOTFOUND when there is no file, or -1
+ * for an unreadable or garbled file (the sessions read before the damage
+ * are kept). */
+Q_API int q_tls_ctx_load(struct q_tls_ctx *ctx, const char *path,
+			 size_t *count_r, const char **error_r);
 /* (added) Free only after every connection made with it is closed. */
 Q_API void q_tls_ctx_free(struct q_tls_ctx **ctx);
 
