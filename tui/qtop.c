@@ -638,9 +638,11 @@ static void draw(void)
 
 	erase();
 	if (h < 8 || w < 30) {
-		mvaddnstr(0, 0, "qtop: the terminal is too small", w);
+		mvaddnstr(0, 0, "qtop: too small", w);
 		if (h > 1)
-			mvaddnstr(1, 0, "(at least 30x8; q quits)", w);
+			mvaddnstr(1, 0, "30x8 at least", w);
+		if (h > 2)
+			mvaddnstr(2, 0, "q quits", w);
 		refresh();
 		return;
 	}

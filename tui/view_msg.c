@@ -499,8 +499,8 @@ const char *msg_hints(void)
 
 	if (pct > 100)
 		pct = 100;
-	snprintf(buf, sizeof(buf), "Spc/b page  e h l B envelope header log body  "
-		 "d deliver  f freeze  t thaw  x remove  q back  %zu%%", pct);
+	snprintf(buf, sizeof(buf), "%3zu%%  q back  Spc/b page  e h l B envelope header "
+		 "log body  d deliver  f freeze  t thaw  x remove  ? help", pct);
 	return buf;
 }
 

@@ -83,11 +83,17 @@ static unsigned char low(unsigned char c)
 	return c >= 'A' && c <= 'Z' ? (unsigned char)(c + 32) : c;
 }
 
-/* the sort string of a row: the sender, or the first domain */
+/* the sort string of a row: the sender, or the domain of the recipient
+ * shown (the first pending one) */
 static const char *sort_str(const struct qrow *r, int sort, char *stop)
 {
-	*stop = sort == S_DOMAIN ? ',' : '\0';
-	return sort == S_DOMAIN ? r->domains : r->sender;
+	const char *at;
+
+	*stop = '\0';
+	if (sort != S_DOMAIN)
+		return r->sender;
+	at = strrchr(r->rcpt1, '@');
+	return at != NULL ? at + 1 : r->rcpt1;
 }
 
 static void pack(const char *s, char stop, uint64_t *a, uint64_t *b)
@@ -162,7 +168,7 @@ static void rank_strings(int sort)
 	uint32_t *tab, *slot_of;     /* tab: index+1 into d */
 	struct dstr *d = NULL;
 	uint32_t *rank_of;
-	char stop = sort == S_DOMAIN ? ',' : '\0';
+	char stop = '\0';
 
 	if ((tab = calloc(tcap, sizeof(*tab))) == NULL ||
 	    (slot_of = malloc((Q.nvis + 1) * sizeof(*slot_of))) == NULL)
@@ -801,8 +807,8 @@ static const char *q_hints(void)
 {
 	if (Q.domains)
 		return "Enter: filter the queue by this domain  s/Esc: back to the list  ?: help";
-	return "Enter view  Spc mark  d deliver  f freeze  t thaw  x remove  "
-	       "/ filter  A S F D sort  s domains  ? help  q quit";
+	return "? help  Enter view  Spc mark  d deliver  f freeze  t thaw  x remove  "
+	       "/ filter  A S F D sort  s domains  q quit";
 }
 
 static void q_label(char *buf, size_t size)

@@ -285,14 +285,14 @@ static void r_draw(int y0, int h, int w)
 {
 	struct col c[] = {
 		{ "", 1, 1, 0, false, 0, 0 },
-		{ "KEY", 26, 60, 0, false, 0, 0 },
-		{ "HOST", 12, 30, 8, false, 0, 0 },
-		{ "IP", 15, 39, 7, false, 0, 0 },
-		{ "ERROR", 10, 18, 1, false, 0, 0 },
+		{ "KEY", 26, 44, 0, false, 0, 0 },
+		{ "HOST", 12, 24, 8, false, 0, 0 },
+		{ "IP", 15, 24, 7, false, 0, 0 },
+		{ "ERROR", 10, 16, 1, false, 0, 0 },
 		{ "FIRST", 6, 6, 3, true, 0, 0 },
 		{ "LAST", 6, 6, 4, true, 0, 0 },
 		{ "NEXT", 7, 7, 1, false, 0, 0 },
-		{ "TEXT", 10, 300, 2, false, 0, 0 },
+		{ "TEXT", 30, 400, 2, false, 0, 0 },
 	};
 	int nc = (int)(sizeof(c) / sizeof(c[0])), rows, dh;
 
@@ -523,8 +523,8 @@ static int r_key(int ch)
 
 static const char *r_hints(void)
 {
-	return "r retry now  x delete  d deliver waiting  Spc mark  / filter  "
-	       "K N F L E sort  Enter details  ? help  q quit";
+	return "? help  r retry now  x delete  d deliver waiting  Spc mark  / filter  "
+	       "K N F L E sort  Enter details  q quit";
 }
 
 static void r_label(char *buf, size_t size)

@@ -204,7 +204,7 @@ static int s_key(int ch)
 
 static const char *s_hints(void)
 {
-	return "Enter open the message being sent  Up/Down select  1 2 3 views  ? help  q quit";
+	return "? help  Enter open the message being sent  Up/Down select  1 2 3 views  q quit";
 }
 
 static void s_label(char *buf, size_t size)
