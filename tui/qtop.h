@@ -191,6 +191,8 @@ struct col {
 	int prio;
 	bool right;
 	int x, w;                     /* layout result; w == 0: not shown */
+	bool first;                   /* takes room up to max before the
+					 others grow (round robin) */
 };
 void cols_layout(struct col *c, int n, int width);
 /* "in 40s", "in 14m", "in 3h", "in 2d" (view_queue.c) */

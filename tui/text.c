@@ -227,6 +227,14 @@ void cols_layout(struct col *c, int n, int width)
 	for (i = 0; i < n; i++)
 		c[i].w = on[i] ? c[i].min : 0;
 	extra = width - used;
+	for (i = 0; i < n && extra > 0; i++) {
+		if (c[i].w > 0 && c[i].first && c[i].w < c[i].max) {
+			int g = c[i].max - c[i].w < extra ? c[i].max - c[i].w : extra;
+
+			c[i].w += g;
+			extra -= g;
+		}
+	}
 	while (extra > 0) {
 		bool grew = false;
 

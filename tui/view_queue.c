@@ -66,12 +66,15 @@ static bool row_match(const struct qrow *r, const char *f)
 	       strcasestr(r->rcpts, f) != NULL || strcasestr(r->domains, f) != NULL;
 }
 
-/* Sorting: an array of keys (the first 16 bytes of the sort string,
- * lower-cased, as two big-endian integers; or the size), so that most
- * comparisons touch no row; ties go to the full strings, then to the row
- * address, which is the id (arrival) order. */
+/* Sorting: an array of (integer key, row) pairs, so that comparisons
+ * touch no row. By size the key is the size; by sender or domain it is
+ * the rank of the string among the distinct strings shown (most queues
+ * have far fewer senders and domains than messages, so only those are
+ * sorted as strings, by their first 16 bytes packed into two integers
+ * and then the rest). Ties go to the row address, which is the id
+ * (arrival) order. Case-insensitive for ASCII. */
 struct skey {
-	uint64_t a, b;                /* b: unused with ranks */
+	uint64_t a;
 	const struct qrow *r;
 };
 
@@ -123,18 +126,16 @@ static int cmp_rest(const char *p, const char *q, char stop)
 	}
 }
 
-static int cmp_skey(const void *x, const void *y, void *ctx)
+static int cmp_skey(const void *x, const void *y)
 {
 	const struct skey *a = x, *b = y;
 
-	(void)ctx;
 	if (a->a != b->a)
 		return a->a < b->a ? -1 : 1;
 	return a->r < b->r ? -1 : a->r > b->r ? 1 : 0;
 }
 
-/* Distinct sort strings get a rank (most queues have far fewer senders
- * and domains than messages), so the big sort compares integers only. */
+/* a distinct sort string */
 struct dstr {
 	const char *s;
 	uint64_t a, b;
@@ -229,7 +230,6 @@ static void rank_strings(int sort)
 	for (size_t i = 0; i < Q.nvis; i++) {
 		skeys[i].r = Q.vis[i];
 		skeys[i].a = rank_of[slot_of[i]];
-		skeys[i].b = 0;
 	}
 	free(rank_of);
 	free(slot_of);
@@ -238,7 +238,6 @@ static void rank_strings(int sort)
 
 static void sort_vis(int sort)
 {
-	int isort = S_SIZE;           /* the keys are integers now */
 
 	if (capskeys < Q.nvis) {
 		struct skey *v = realloc(skeys, (Q.nvis + 1) * sizeof(*v));
@@ -252,12 +251,11 @@ static void sort_vis(int sort)
 		for (size_t i = 0; i < Q.nvis; i++) {
 			skeys[i].r = Q.vis[i];
 			skeys[i].a = ~(uint64_t)Q.vis[i]->size;     /* largest first */
-			skeys[i].b = 0;
 		}
 	} else {
 		rank_strings(sort);
 	}
-	qsort_r(skeys, Q.nvis, sizeof(*skeys), cmp_skey, &isort);
+	qsort(skeys, Q.nvis, sizeof(*skeys), cmp_skey);
 	for (size_t i = 0; i < Q.nvis; i++)
 		Q.vis[i] = skeys[i].r;
 }
@@ -506,13 +504,13 @@ static const char *state_of(const struct qrow *r, char *buf, size_t size, int *a
 static void draw_list(int y0, int h, int w)
 {
 	struct col c[] = {
-		{ "", 1, 1, 0, false, 0, 0 },
-		{ "AGE", 4, 4, 1, true, 0, 0 },
-		{ "SIZE", 5, 5, 5, true, 0, 0 },
-		{ "ID", Q_ID_LEN, Q_ID_LEN, 3, false, 0, 0 },
-		{ "SENDER", 10, 48, 4, false, 0, 0 },
-		{ "RECIPIENT", 14, 60, 2, false, 0, 0 },
-		{ "STATE", 9, 9, 1, false, 0, 0 },
+		{ "", 1, 1, 0, false, 0, 0, false },
+		{ "AGE", 4, 4, 1, true, 0, 0, false },
+		{ "SIZE", 5, 5, 5, true, 0, 0, false },
+		{ "ID", Q_ID_LEN, Q_ID_LEN, 3, false, 0, 0, false },
+		{ "SENDER", 10, 48, 4, false, 0, 0, false },
+		{ "RECIPIENT", 14, 60, 2, false, 0, 0, false },
+		{ "STATE", 9, 9, 1, false, 0, 0, false },
 	};
 	int nc = (int)(sizeof(c) / sizeof(c[0])), rows = h - 1;
 	struct q_buf b = { 0 };
@@ -596,10 +594,10 @@ static void draw_list(int y0, int h, int w)
 static void draw_domains(int y0, int h, int w)
 {
 	struct col c[4 + NBUCKET] = {
-		{ "DOMAIN", 16, 60, 0, false, 0, 0 },
-		{ "MSGS", 6, 6, 0, true, 0, 0 },
-		{ "BYTES", 6, 6, 1, true, 0, 0 },
-		{ "OLDEST", 6, 6, 1, true, 0, 0 },
+		{ "DOMAIN", 16, 60, 0, false, 0, 0, false },
+		{ "MSGS", 6, 6, 0, true, 0, 0, false },
+		{ "BYTES", 6, 6, 1, true, 0, 0, false },
+		{ "OLDEST", 6, 6, 1, true, 0, 0, false },
 	};
 	static char titles[NBUCKET][16];
 	int nc = 4 + NBUCKET, rows = h - 1;

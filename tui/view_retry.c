@@ -284,15 +284,15 @@ static void draw_detail(int y, int h, int w)
 static void r_draw(int y0, int h, int w)
 {
 	struct col c[] = {
-		{ "", 1, 1, 0, false, 0, 0 },
-		{ "KEY", 26, 44, 0, false, 0, 0 },
-		{ "HOST", 12, 24, 8, false, 0, 0 },
-		{ "IP", 15, 24, 7, false, 0, 0 },
-		{ "ERROR", 10, 16, 1, false, 0, 0 },
-		{ "FIRST", 6, 6, 3, true, 0, 0 },
-		{ "LAST", 6, 6, 4, true, 0, 0 },
-		{ "NEXT", 7, 7, 1, false, 0, 0 },
-		{ "TEXT", 30, 400, 2, false, 0, 0 },
+		{ "", 1, 1, 0, false, 0, 0, false },
+		{ "KEY", 26, 44, 0, false, 0, 0, true },
+		{ "HOST", 12, 24, 8, false, 0, 0, false },
+		{ "IP", 15, 24, 7, false, 0, 0, false },
+		{ "ERROR", 12, 16, 1, false, 0, 0, true },
+		{ "FIRST", 6, 6, 3, true, 0, 0, false },
+		{ "LAST", 6, 6, 4, true, 0, 0, false },
+		{ "NEXT", 7, 7, 1, false, 0, 0, false },
+		{ "TEXT", 20, 400, 2, false, 0, 0, false },
 	};
 	int nc = (int)(sizeof(c) / sizeof(c[0])), rows, dh;
 

@@ -94,7 +94,8 @@ static void draw_detail(int y, int h, int w)
 	q_buf_adds(&b, r->state != NULL ? r->state : "-");
 	q_buf_adds(&b, "  message ");
 	q_buf_adds(&b, r->msgid != NULL ? r->msgid : "-");
-	q_buf_printf(&b, "  %u sent, %s", (unsigned)r->msgs,
+	q_buf_printf(&b, "  on this connection: %u message%s sent, %s bytes",
+		     (unsigned)r->msgs, r->msgs == 1 ? "" : "s",
 		     cli_fmt_size(r->bytes, c, sizeof(c)));
 	if (line < h)
 		tx_put_raw(y + line++, 1, w - 1, b.data);
@@ -111,15 +112,15 @@ static void draw_detail(int y, int h, int w)
 static void s_draw(int y0, int h, int w)
 {
 	struct col c[] = {
-		{ "PID", 7, 7, 0, true, 0, 0 },
-		{ "HOST", 10, 40, 0, false, 0, 0 },
-		{ "IP:PORT", 15, 47, 1, false, 0, 0 },
-		{ "TLS", 7, 44, 3, false, 0, 0 },
-		{ "STATE", 6, 10, 0, false, 0, 0 },
-		{ "MESSAGE", Q_ID_LEN, Q_ID_LEN, 2, false, 0, 0 },
-		{ "MSGS", 4, 5, 5, true, 0, 0 },
-		{ "BYTES", 6, 6, 4, true, 0, 0 },
-		{ "TIME", 6, 7, 2, true, 0, 0 },
+		{ "PID", 7, 7, 0, true, 0, 0, false },
+		{ "HOST", 10, 40, 0, false, 0, 0, false },
+		{ "IP:PORT", 15, 47, 1, false, 0, 0, false },
+		{ "TLS", 7, 44, 3, false, 0, 0, false },
+		{ "STATE", 6, 10, 0, false, 0, 0, false },
+		{ "MESSAGE", Q_ID_LEN, Q_ID_LEN, 2, false, 0, 0, false },
+		{ "MSGS", 4, 5, 5, true, 0, 0, false },
+		{ "BYTES", 6, 6, 4, true, 0, 0, false },
+		{ "TIME", 6, 7, 2, true, 0, 0, false },
 	};
 	int nc = (int)(sizeof(c) / sizeof(c[0])), rows, dh;
 	size_t n = nsess();
