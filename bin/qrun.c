@@ -102,9 +102,13 @@ static int one_run(struct q_run_opts *o, bool json, bool verbose)
 	const char *err = NULL;
 	int ret = q_run(cli.spool, cli.conf, o, &st, &err);
 	if (ret == Q_BUSY) {
+		/* not an error: cron starts runs that overlap; one line (on
+		   stderr with -v or --json, always in the main log) */
 		if (verbose || json)
 			cli_warn("%u queue runs already in progress (queue_run_max); "
 				 "not starting another", cli.conf->queue_run_max);
+		q_log("queue run not started: %u runs already in progress "
+		      "(queue_run_max)", cli.conf->queue_run_max);
 		return 0;
 	}
 	if (ret < 0) {

@@ -146,6 +146,14 @@ struct run {
 	unsigned next_worker;
 	int fatal;             /* a worker met an error that stops the run */
 	char fatal_text[512];
+	/* the session flusher: writes live-session records that were
+	   throttled (see sess_update) once they are SESS_EVERY_MS old */
+	struct worker *ws;
+	unsigned nws;
+	pthread_mutex_t fmu;
+	pthread_cond_t fcv;
+	bool fstop;
+	bool flusher;          /* running; without it nothing is throttled */
 };
 
 /* ---------------------------------------------------------------- */
@@ -567,14 +575,39 @@ static void plan_wait_hints(struct run *r)
 struct worker {
 	struct run *r;
 	unsigned num;
+	pthread_mutex_t smu;    /* sess*: the session flusher reads them */
 	struct q_session_rec sess;
 	bool sess_live;
+	bool sess_dirty;        /* changed, not written yet (throttled) */
 	long long sess_put_ms;  /* when the record was last written */
 };
+
+static long long mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A new session record for a connection about to be made. */
+static void sess_begin(struct worker *w, const struct q_host *h, unsigned port)
+{
+	pthread_mutex_lock(&w->smu);
+	q_session_rec_clear(&w->sess);
+	w->sess.pid = (long)getpid();
+	w->sess.worker = w->num;
+	(void)q_boot_id(w->sess.boot_id, sizeof(w->sess.boot_id), NULL);
+	w->sess.host = strdup(h->name);
+	w->sess.ip = strdup(h->ip);
+	w->sess.port = port;
+	w->sess.started = time(NULL);
+	pthread_mutex_unlock(&w->smu);
+}
 
 static void sess_update(struct worker *w, const char *state, const char *msgid,
 			struct q_smtp_conn *c)
 {
+	pthread_mutex_lock(&w->smu);
 	struct q_session_rec *s = &w->sess;
 	free(s->state);
 	s->state = strdup(state);
@@ -593,27 +626,69 @@ static void sess_update(struct worker *w, const char *state, const char *msgid,
 	s->changed = time(NULL);
 	/* Per-message states ("mail", "idle") come thousands of times a
 	 * second on a fast connection; the record (a hints transaction) is
-	 * written for them at most every SESS_EVERY_MS, which keeps what
-	 * qtop and qctl sessions show less than a second old. Connection
-	 * states are always written. */
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	long long now_ms = (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	 * written for them at most every SESS_EVERY_MS: a newer state is
+	 * left dirty and the session flusher writes it once the last write
+	 * is that old, so what qtop and qctl sessions show (a slow message
+	 * included) is never much older. Connection states are always
+	 * written. */
+	long long now_ms = mono_ms();
 	bool per_msg = strcmp(state, "mail") == 0 || strcmp(state, "idle") == 0;
-	if (per_msg && w->sess_live && now_ms - w->sess_put_ms < SESS_EVERY_MS)
-		return;
-	if (q_session_put(w->r->hints, s, NULL) == 0) {
+	if (per_msg && w->sess_live && w->r->flusher &&
+	    now_ms - w->sess_put_ms < SESS_EVERY_MS) {
+		w->sess_dirty = true;
+	} else if (q_session_put(w->r->hints, s, NULL) == 0) {
 		w->sess_live = true;
+		w->sess_dirty = false;
 		w->sess_put_ms = now_ms;
 	}
+	pthread_mutex_unlock(&w->smu);
 }
 
 static void sess_end(struct worker *w)
 {
+	pthread_mutex_lock(&w->smu);
 	if (w->sess_live)
 		(void)q_session_del(w->r->hints, w->sess.pid, w->sess.worker, NULL);
 	w->sess_live = false;
+	w->sess_dirty = false;
 	q_session_rec_clear(&w->sess);
+	pthread_mutex_unlock(&w->smu);
+}
+
+/* The session flusher thread: every SESS_EVERY_MS / 2, the throttled
+ * records that are due. */
+static void *sess_flusher(void *arg)
+{
+	struct run *r = arg;
+	pthread_mutex_lock(&r->fmu);
+	while (!r->fstop) {
+		struct timespec until;
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_nsec += (long)SESS_EVERY_MS / 2 * 1000000L;
+		if (until.tv_nsec >= 1000000000L) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000L;
+		}
+		(void)pthread_cond_timedwait(&r->fcv, &r->fmu, &until);
+		if (r->fstop)
+			break;
+		pthread_mutex_unlock(&r->fmu);
+		long long now_ms = mono_ms();
+		for (unsigned i = 0; i < r->nws; i++) {
+			struct worker *w = &r->ws[i];
+			pthread_mutex_lock(&w->smu);
+			if (w->sess_dirty && w->sess_live &&
+			    now_ms - w->sess_put_ms >= SESS_EVERY_MS &&
+			    q_session_put(r->hints, &w->sess, NULL) == 0) {
+				w->sess_dirty = false;
+				w->sess_put_ms = now_ms;
+			}
+			pthread_mutex_unlock(&w->smu);
+		}
+		pthread_mutex_lock(&r->fmu);
+	}
+	pthread_mutex_unlock(&r->fmu);
+	return NULL;
 }
 
 static const struct q_retry_rule *rule_for(struct run *r, const char *host,
@@ -1052,14 +1127,7 @@ static int dest_connect(struct worker *w, struct dest *d, struct conn_state *cs,
 		struct q_smtp_opts o;
 		char ck[600];
 		fill_opts(r, h, &o, ck, sizeof(ck));
-		q_session_rec_clear(&w->sess);
-		w->sess.pid = (long)getpid();
-		w->sess.worker = w->num;
-		(void)q_boot_id(w->sess.boot_id, sizeof(w->sess.boot_id), NULL);
-		w->sess.host = strdup(h->name);
-		w->sess.ip = strdup(h->ip);
-		w->sess.port = port;
-		w->sess.started = time(NULL);
+		sess_begin(w, h, port);
 		sess_update(w, "connect", NULL, NULL);
 
 		int ret = q_smtp_open(&o, h->ip, port, &cs->c, e);
@@ -1445,22 +1513,52 @@ static void run_workers(struct run *r, unsigned nw)
 		nw = 256;
 	pthread_t *th = calloc(nw, sizeof(*th));
 	struct worker *ws = calloc(nw, sizeof(*ws));
+	struct worker one = {.r = r, .num = 0};
 	unsigned started = 0;
-	if (th != NULL && ws != NULL && nw > 1) {
+	if (th == NULL || ws == NULL) {
+		nw = 1;
+		free(ws);
+		ws = NULL;
+	}
+	struct worker *all = ws ? ws : &one;
+	for (unsigned i = 0; i < nw; i++) {
+		all[i].r = r;
+		all[i].num = i;
+		pthread_mutex_init(&all[i].smu, NULL);
+	}
+	r->ws = all;
+	r->nws = nw;
+	pthread_t fl;
+	pthread_mutex_init(&r->fmu, NULL);
+	pthread_cond_init(&r->fcv, NULL);
+	r->fstop = false;
+	r->flusher = pthread_create(&fl, NULL, sess_flusher, r) == 0;
+	if (nw > 1)
 		for (unsigned i = 0; i < nw; i++) {
-			ws[i].r = r;
-			ws[i].num = i;
-			if (pthread_create(&th[i], NULL, worker_main, &ws[i]) != 0)
+			if (pthread_create(&th[i], NULL, worker_main, &all[i]) != 0)
 				break;
 			started++;
 		}
-	}
-	if (started == 0) {
-		struct worker one = {.r = r, .num = 0};
-		worker_main(&one);
-	}
+	if (started == 0)
+		worker_main(&all[0]);
 	for (unsigned i = 0; i < started; i++)
 		pthread_join(th[i], NULL);
+	if (r->flusher) {
+		pthread_mutex_lock(&r->fmu);
+		r->fstop = true;
+		pthread_cond_signal(&r->fcv);
+		pthread_mutex_unlock(&r->fmu);
+		pthread_join(fl, NULL);
+		r->flusher = false;
+	}
+	pthread_mutex_destroy(&r->fmu);
+	pthread_cond_destroy(&r->fcv);
+	for (unsigned i = 0; i < nw; i++) {
+		q_session_rec_clear(&all[i].sess);
+		pthread_mutex_destroy(&all[i].smu);
+	}
+	r->ws = NULL;
+	r->nws = 0;
 	free(th);
 	free(ws);
 }

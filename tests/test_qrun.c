@@ -1326,6 +1326,40 @@ static void test_batch_tls(void)
 }
 
 /* ====================================================================== */
+/* a run in the background, against a slow server */
+
+struct bg {
+	pid_t pid;
+	char out[PATH_MAX + 32];
+};
+
+static int bg_qrun(struct bg *b, const struct ctx *c, const char *extra)
+{
+	static int n;
+	const char *argv[] = {t_bin("qrun"), "-C", c->conf, "--json", extra, NULL};
+
+	snprintf(b->out, sizeof(b->out), "%s/bg%d.out", c->dir, ++n);
+	b->pid = ts_spawn(argv, NULL, b->out);
+	return b->pid > 0 ? 0 : -1;
+}
+
+/* Wait (at most ms) for it to exit; its status, or -1 (then killed). */
+static int bg_wait(struct bg *b, int ms)
+{
+	int st;
+
+	for (int waited = 0; waited <= ms; waited += 10) {
+		pid_t r = waitpid(b->pid, &st, WNOHANG);
+
+		if (r == b->pid)
+			return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+		usleep(10000);
+	}
+	ts_stop(b->pid);
+	return -1;
+}
+
+/* ====================================================================== */
 /* 13. serialize_hosts never exceeded with -P 8 */
 
 static void test_serialize(void)
@@ -1374,6 +1408,109 @@ static void test_serialize(void)
 		/* batch_max 5: 8 connections at least */
 		CU_ASSERT(sstat(&s, "conns") >= 8);
 	}
+}
+
+/* Two runs at once (two processes, -P 8 each) share the serialization
+ * slots of the hints: still one connection at a time; a third run
+ * delivers what they left, and nothing is sent twice or to the fallback. */
+static void test_serialize_two_runs(void)
+{
+	struct ctx c;
+	struct srv s, fb;
+	struct t_out o;
+	struct cmd_ctx cc;
+	struct bg b;
+
+	CU_ASSERT_FATAL(ctx_init(&c) == 0);
+	CU_ASSERT_FATAL(srv_start(&s, &c, "srv", 0, "dot: delay 20\n", NULL) == 0);
+	CU_ASSERT_FATAL(srv_start(&fb, &c, "fb", 0, NULL, NULL) == 0);
+	ctx_hosts(&c, "127.0.0.1 mx.test fb.test\n");
+	ctx_conf(&c, "route * = mx.test:%u\nbatch_max = 5\nqueue_run_max = 2\n"
+		 "serialize_hosts = mx.test\nfallback_hosts = fb.test:%u\n",
+		 s.port[0], fb.port[0]);
+	struct q_spool *sp = spool_open(&c);
+	CU_ASSERT_FATAL(sp != NULL);
+	for (int k = 0; k < 40; k++) {
+		char r[64], id[Q_ID_LEN + 1];
+		snprintf(r, sizeof(r), "u%d@d%d.test", k, k % 8);
+		CU_ASSERT_FATAL(submit_sp(sp, "a@sender.test", r, NULL, id) == 0);
+	}
+	q_spool_close(&sp);
+	CU_ASSERT_FATAL(bg_qrun(&b, &c, "-P8") == 0);
+	CU_ASSERT_FATAL(rec_wait(&s, "open", NULL, 10000) == 0);
+	CU_ASSERT_EQUAL(QRUN(&c, &o, "-P", "8", NULL), 0);
+	long second = jnum(o.out, "delivered");
+	t_out_free(&o);
+	CU_ASSERT_EQUAL(bg_wait(&b, 30000), 0);
+	char *out = t_read_file(b.out, NULL);
+	long first = jnum(out, "delivered");
+	free(out);
+	CU_ASSERT(first > 0);
+	/* what the second run left (serialized) or found busy is due now */
+	CU_ASSERT_EQUAL(QRUN(&c, &o, "-P", "8", NULL), 0);
+	long third = jnum(o.out, "delivered");
+	t_out_free(&o);
+	CU_ASSERT_EQUAL(first + second + third, 40);
+	CU_ASSERT_EQUAL(queue_count(&c), 0);
+	rec_cmds(&s, &cc);
+	CU_ASSERT_EQUAL(cc.max, 1);
+	char *acc = rec_accepted(&s);
+	int dup = 0;
+	for (int k = 0; k < 40; k++) {
+		char a[64];
+		snprintf(a, sizeof(a), "<u%d@d%d.test>", k, k % 8);
+		dup += count_str(acc, a) != 1;
+	}
+	CU_ASSERT_EQUAL(dup, 0);
+	free(acc);
+	/* a busy serialized host is no failure: no retry record, no fallback */
+	char *rj = retry_json(&c);
+	CU_ASSERT_EQUAL(count_host_keys(rj), 0);
+	free(rj);
+	srv_stop(&s);
+	srv_stop(&fb);
+	CU_ASSERT_EQUAL(sstat(&s, "msgs"), 40);
+	CU_ASSERT_EQUAL(sstat(&fb, "conns"), 0);
+}
+
+/* A runner killed (SIGKILL) in the middle of a delivery: its session and
+ * its serialization slot die with it, and the next run delivers. */
+static void test_killed_runner(void)
+{
+	struct ctx c;
+	struct srv s;
+	struct t_out o;
+	struct bg b;
+	char id[Q_ID_LEN + 1], want[64];
+
+	CU_ASSERT_FATAL(ctx_init(&c) == 0);
+	CU_ASSERT_FATAL(srv_start(&s, &c, "srv", 0,
+				  "conn 1\ndot: delay 10000\n", NULL) == 0);
+	ctx_hosts(&c, "127.0.0.1 mx.test\n");
+	ctx_conf(&c, "route * = mx.test:%u\nserialize_hosts = *\n"
+		 "final_timeout = 30s\n", s.port[0]);
+	CU_ASSERT_FATAL(submit(&c, "a@sender.test", "x@d.test", NULL, id) == 0);
+	CU_ASSERT_FATAL(bg_qrun(&b, &c, NULL) == 0);
+	CU_ASSERT_FATAL(rec_wait(&s, "msg", NULL, 10000) == 0);
+	snprintf(want, sizeof(want), "\"pid\":%ld", (long)b.pid);
+	CU_ASSERT_EQUAL(qctl(&c, &o, "sessions", "--json", NULL), 0);
+	CU_ASSERT_PTR_NOT_NULL(strstr(o.out ? o.out : "", want));
+	t_out_free(&o);
+	kill(b.pid, SIGKILL);
+	CU_ASSERT_EQUAL(bg_wait(&b, 5000), 128 + SIGKILL);
+	/* the dead runner's session is not shown */
+	CU_ASSERT_EQUAL(qctl(&c, &o, "sessions", "--json", NULL), 0);
+	CU_ASSERT_PTR_NULL(strstr(o.out ? o.out : "", want));
+	t_out_free(&o);
+	/* its slot is stale (dead pid): the next run takes it and delivers
+	   (again: the server had accepted it, and SMTP cannot tell) */
+	CU_ASSERT_EQUAL(QRUN(&c, &o, NULL), 0);
+	CU_ASSERT_EQUAL(jnum(o.out, "delivered"), 1);
+	CU_ASSERT_EQUAL(jnum(o.out, "connections"), 1);
+	t_out_free(&o);
+	CU_ASSERT_EQUAL(queue_count(&c), 0);
+	srv_stop(&s);
+	CU_ASSERT_EQUAL(sstat(&s, "conns"), 2);
 }
 
 /* ====================================================================== */
@@ -1560,39 +1697,6 @@ static void test_force(void)
 	CU_ASSERT_EQUAL(sstat(&s, "msgs"), 1);
 }
 
-/* ====================================================================== */
-/* a run in the background, against a slow server */
-
-struct bg {
-	pid_t pid;
-	char out[PATH_MAX + 16];
-};
-
-static int bg_qrun(struct bg *b, const struct ctx *c, const char *extra)
-{
-	const char *argv[] = {t_bin("qrun"), "-C", c->conf, "--json", extra, NULL};
-
-	snprintf(b->out, sizeof(b->out), "%s/bg.out", c->dir);
-	b->pid = ts_spawn(argv, NULL, b->out);
-	return b->pid > 0 ? 0 : -1;
-}
-
-/* Wait (at most ms) for it to exit; its status, or -1 (then killed). */
-static int bg_wait(struct bg *b, int ms)
-{
-	int st;
-
-	for (int waited = 0; waited <= ms; waited += 10) {
-		pid_t r = waitpid(b->pid, &st, WNOHANG);
-
-		if (r == b->pid)
-			return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-		usleep(10000);
-	}
-	ts_stop(b->pid);
-	return -1;
-}
-
 static void test_queue_run_max(void)
 {
 	struct ctx c;
@@ -1642,15 +1746,23 @@ static void test_sessions(void)
 	char id[Q_ID_LEN + 1], want[128];
 
 	CU_ASSERT_FATAL(ctx_init(&c) == 0);
-	CU_ASSERT_FATAL(srv_start(&s, &c, "srv", 0, "dot: delay 1500\n", NULL) == 0);
+	CU_ASSERT_FATAL(srv_start(&s, &c, "srv", 0, "dot: delay 3000\n", NULL) == 0);
 	ctx_hosts(&c, "127.0.0.1 mx.test\n");
 	ctx_conf(&c, "route * = mx.test:%u\nfinal_timeout = 10s\n", s.port[0]);
 	CU_ASSERT_FATAL(submit(&c, "a@sender.test", "x@d.test", NULL, id) == 0);
 	CU_ASSERT_FATAL(bg_qrun(&b, &c, NULL) == 0);
 	CU_ASSERT_FATAL(rec_wait(&s, "msg", NULL, 10000) == 0);
 
-	/* while the server sits on the final dot */
-	CU_ASSERT_EQUAL(qctl(&c, &o, "sessions", "--json", NULL), 0);
+	/* while the server sits on the final dot (per-message states are
+	   written at most every 200 ms: wait a little for this one) */
+	snprintf(want, sizeof(want), "\"%s\"", id);
+	for (int i = 0; i < 100; i++) {
+		CU_ASSERT_EQUAL(qctl(&c, &o, "sessions", "--json", NULL), 0);
+		if (o.out && strstr(o.out, want))
+			break;
+		t_out_free(&o);
+		usleep(20000);
+	}
 	const char *js = o.out ? o.out : "";
 	CU_ASSERT_PTR_NOT_NULL(strstr(js, "\"host\":\"mx.test\""));
 	CU_ASSERT_PTR_NOT_NULL(strstr(js, "\"ip\":\"127.0.0.1\""));
@@ -1662,7 +1774,8 @@ static void test_sessions(void)
 	CU_ASSERT_PTR_NOT_NULL(strstr(js, want));
 	snprintf(want, sizeof(want), "\"pid\":%ld", (long)b.pid);
 	CU_ASSERT_PTR_NOT_NULL(strstr(js, want));
-	if (strstr(js, "mx.test") == NULL)
+	if (strstr(js, "mx.test") == NULL || strstr(js, want) == NULL ||
+	    strstr(js, "\"state\":\"mail\"") == NULL)
 		fprintf(stderr, "sessions: %s\n", js);
 	t_out_free(&o);
 	CU_ASSERT_EQUAL(qctl(&c, &o, "sessions", NULL), 0);
@@ -1781,6 +1894,9 @@ void suite_qrun(void)
 	CU_add_test(s, "hosts_max_try = 2 of 4 IPs", test_hosts_max_try);
 	CU_add_test(s, "batch_max with one TLS handshake per connection", test_batch_tls);
 	CU_add_test(s, "serialize_hosts never exceeded with -P 8", test_serialize);
+	CU_add_test(s, "serialize_hosts across two runs at once", test_serialize_two_runs);
+	CU_add_test(s, "a runner killed mid-delivery: slot and session die with it",
+		    test_killed_runner);
 	CU_add_test(s, "one bounce for a 5xx, none from <>", test_bounce);
 	CU_add_test(s, "exit codes", test_exit_codes);
 	CU_add_test(s, "-M ID and -R DOMAIN", test_select);
