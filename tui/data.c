@@ -539,6 +539,10 @@ static int walk_fn(const void *key, size_t klen, const void *val, size_t vlen,
 	}
 	memcpy(id, key, Q_ID_LEN);
 	id[Q_ID_LEN] = '\0';
+	if (!q_id_valid(id)) {        /* ids are drawn as they are */
+		b->nq->bad++;
+		return 0;
+	}
 	if ((r = build_next(b)) == NULL) {
 		b->oom = true;
 		return -1;
@@ -583,6 +587,10 @@ static int list_fn(const struct q_index_rec *rec, void *ctx)
 	uint64_t h = 0;
 	uint32_t vlen = 0;
 
+	if (!q_id_valid(rec->id)) {
+		b->nq->bad++;
+		return 0;
+	}
 	if ((r = build_next(b)) == NULL) {
 		b->oom = true;
 		return -1;

@@ -30,8 +30,9 @@
  * domain; for an address key, its message.
  *
  * qrun is looked for next to qtop ($ORIGIN/../bin/qrun: the build tree
- * has bin/qrun and tui/qtop), then in SBINDIR when config.h defines it,
- * then in $PATH.
+ * has bin/qrun and tui/qtop; then $ORIGIN/../sbin/qrun: an install with
+ * bindir and sbindir under one prefix), then in SBINDIR when config.h
+ * defines it, then in $PATH.
  */
 #include "config.h"
 #include "tui/qtop.h"
@@ -776,7 +777,12 @@ static void find_qrun(const char *qtop_path)
 		snprintf(self, sizeof(self), "%s", qtop_path);
 	if ((slash = strrchr(self, '/')) != NULL) {
 		*slash = '\0';
+		/* the build tree (tui/qtop, bin/qrun); an install where
+		   bindir and sbindir share a prefix */
 		snprintf(J.qrun, sizeof(J.qrun), "%s/../bin/qrun", self);
+		if (access(J.qrun, X_OK) == 0)
+			return;
+		snprintf(J.qrun, sizeof(J.qrun), "%s/../sbin/qrun", self);
 		if (access(J.qrun, X_OK) == 0)
 			return;
 	}
