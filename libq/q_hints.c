@@ -80,6 +80,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,6 +92,11 @@
 #include <unistd.h>
 
 #define Q_HINTS_TRIES      100          /* deadlock retries per operation */
+#define Q_HINTS_LOCK_WAIT  2000         /* ms: one lock wait at most ... */
+#define Q_HINTS_TIMEOUTS   15           /* ... this many times per operation */
+#define Q_HINTS_OPEN_WAIT  60           /* s: wait for another opener */
+#define Q_HINTS_THREADS    256          /* thread table (failchk) */
+#define Q_HINTS_WATCH_MS   500          /* watchdog period at most */
 #define Q_HINTS_REOPENS    3            /* reopens per operation */
 #define Q_HINTS_CACHE      (32u << 20)  /* mpool cache: a 100k-message index
 					   is ~25 MB; walks that fit are
@@ -114,6 +120,17 @@
 #define HINTS_ABORTED      (-40003)     /* an update callback returned -1 */
 
 static const char use_lock_name[] = "qkit.lock";
+
+/* Lock wait bounds; tests shorten them (q_hints_tune, not public). */
+static unsigned lock_wait_ms = Q_HINTS_LOCK_WAIT;
+static unsigned lock_timeouts = Q_HINTS_TIMEOUTS;
+
+void q_hints_tune(unsigned wait_ms, unsigned timeouts);
+void q_hints_tune(unsigned wait_ms, unsigned timeouts)
+{
+	lock_wait_ms = wait_ms;
+	lock_timeouts = timeouts;
+}
 
 /* q_hints_open's notice (per thread, until the next open). */
 static _Thread_local char notice_buf[1200];
@@ -280,6 +297,12 @@ struct henv {
 	struct hdb *dbs;
 	atomic_uint writes;
 	atomic_int panic;                  /* what the last panic event said */
+	pthread_mutex_t reg_lock;
+	int reg_fd;                        /* __db.register, see register_has_dead */
+	pthread_t watch;                   /* the watchdog thread */
+	bool watch_on, watch_stop;
+	pthread_mutex_t watch_mx;
+	pthread_cond_t watch_cv;
 };
 
 struct q_hints {
@@ -357,6 +380,7 @@ static void grave_keep(DB *db)
 
 static int open_lock(const char *dir, const char **error_r);
 static void stamp_write(const char *dir);
+static void watchdog_stop(struct henv *e);
 
 /* Close the databases and the environment (all errors ignored: this also
  * runs on a panicked environment). final: the process is done with the
@@ -366,6 +390,7 @@ static void env_stop(struct henv *e, bool final)
 	struct hdb *d;
 	bool wrote = false, clean = e->env != NULL;
 
+	watchdog_stop(e);
 	if (atomic_load(&e->panic) != PANIC_NONE)
 		clean = false;
 	for (d = e->dbs; d != NULL; d = d->next)
@@ -389,6 +414,9 @@ static void env_stop(struct henv *e, bool final)
 	if (e->env != NULL && e->env->close(e->env, 0) != 0)
 		clean = false;
 	e->env = NULL;
+	if (e->reg_fd >= 0)
+		close(e->reg_fd);
+	e->reg_fd = -1;
 	if (final && clean && e->use_fd >= 0) {
 		char path[PATH_MAX];
 		struct stat a, b;
@@ -534,7 +562,7 @@ static void stamp_write(const char *dir)
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	st.rnd ^= (uint64_t)now.tv_nsec * 0x9E3779B97F4A7C15ull;
 	if (real_boot_id(boot, sizeof(boot)) < 0 ||
-	    q_buf_printf(&st.b, "qkit-regions 1 %s\n", boot) < 0 ||
+	    q_buf_printf(&st.b, "qkit-regions 2 %s\n", boot) < 0 ||
 	    each_file(dir, F_REGION | F_LOG | F_DATA, stamp_one, &st, NULL) != 0 ||
 	    st.files == 0)
 		goto out;
@@ -609,7 +637,7 @@ static bool stamp_check(const char *dir)
 	if (memchr(buf, '\0', (size_t)n) != NULL ||
 	    real_boot_id(boot, sizeof(boot)) < 0)
 		return false;
-	snprintf(head, sizeof(head), "qkit-regions 1 %s\n", boot);
+	snprintf(head, sizeof(head), "qkit-regions 2 %s\n", boot);
 	if (strncmp(buf, head, strlen(head)) != 0)
 		return false;
 	c.text = buf + strlen(head);
@@ -646,6 +674,125 @@ static void register_scrub(const char *dir)
 		}
 	}
 	close(fd);
+}
+
+/* Does __db.register name a process that died holding the environment
+ * (a non-empty slot nobody holds a lock on)? Its locks then stay in the
+ * lock table until someone recovers: our reopen does (DB_REGISTER). */
+static bool register_has_dead(struct henv *e)
+{
+	char path[PATH_MAX], line[26], mine[32];
+	off_t off;
+	bool dead = false;
+	int fd;
+
+	/* Never close this descriptor while the environment is open: closing
+	 * any descriptor of a file drops all of the process's fcntl locks on
+	 * it, Berkeley DB's registry slot lock included. */
+	pthread_mutex_lock(&e->reg_lock);
+	if (e->reg_fd < 0) {
+		snprintf(path, sizeof(path), "%s/__db.register", e->dir);
+		e->reg_fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+	}
+	fd = e->reg_fd;
+	pthread_mutex_unlock(&e->reg_lock);
+	if (fd < 0)
+		return false;
+	snprintf(mine, sizeof(mine), "%24lu\n", (unsigned long)getpid());
+	for (off = 0; !dead && off < (1 << 20); off += 25) {
+		struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET,
+				    .l_start = off, .l_len = 1 };
+
+		if (pread(fd, line, 25, off) != 25)
+			break;
+		if (line[0] == 'X' || memcmp(line, mine, 25) == 0)
+			continue;
+		if (fcntl(fd, F_GETLK, &fl) == 0 && fl.l_type == F_UNLCK)
+			dead = true;
+	}
+	return dead;
+}
+
+/* For DB_ENV->failchk: is this thread of control still running? Our own
+ * threads are (a thread never dies inside Berkeley DB); other processes
+ * are when kill(pid, 0) finds them. */
+static int env_isalive(DB_ENV *env, pid_t pid, db_threadid_t tid,
+		       u_int32_t flags)
+{
+	(void)env;
+	(void)tid;
+	(void)flags;
+	if (pid == getpid())
+		return 1;
+	return kill(pid, 0) == 0 || errno == EPERM;
+}
+
+/* The watchdog: a thread per open environment that, every half lock
+ * wait, releases what dead processes held (failchk: their locks, their
+ * transactions) and expires timed-out lock waits. Berkeley DB checks
+ * both only when asked; without it, a waiter blocked on a lock of a
+ * killed process would wait for ever. It never blocks on e->lock. */
+static void *watchdog_main(void *arg)
+{
+	struct henv *e = arg;
+	unsigned ms = lock_wait_ms / 2;
+
+	if (ms > Q_HINTS_WATCH_MS)
+		ms = Q_HINTS_WATCH_MS;
+	if (ms < 10)
+		ms = 10;
+	pthread_mutex_lock(&e->watch_mx);
+	while (!e->watch_stop) {
+		struct timespec ts;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+		ts.tv_sec += ms / 1000 + ts.tv_nsec / 1000000000L;
+		ts.tv_nsec %= 1000000000L;
+		(void)pthread_cond_timedwait(&e->watch_cv, &e->watch_mx, &ts);
+		if (e->watch_stop)
+			break;
+		pthread_mutex_unlock(&e->watch_mx);
+		if (pthread_rwlock_tryrdlock(&e->lock) == 0) {
+			if (e->env != NULL && atomic_load(&e->panic) == PANIC_NONE) {
+				(void)e->env->failchk(e->env, 0);
+				(void)e->env->lock_detect(e->env, 0, DB_LOCK_EXPIRE,
+							  NULL);
+			}
+			pthread_rwlock_unlock(&e->lock);
+		}
+		pthread_mutex_lock(&e->watch_mx);
+	}
+	pthread_mutex_unlock(&e->watch_mx);
+	return NULL;
+}
+
+static void watchdog_start(struct henv *e)
+{
+	sigset_t all, old;
+
+	if (e->watch_on)
+		return;
+	e->watch_stop = false;
+	/* no signal of the application is ever delivered to it */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	if (pthread_create(&e->watch, NULL, watchdog_main, e) == 0)
+		e->watch_on = true;
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+/* Caller holds e->lock for writing (so the watchdog is not inside). */
+static void watchdog_stop(struct henv *e)
+{
+	if (!e->watch_on)
+		return;
+	pthread_mutex_lock(&e->watch_mx);
+	e->watch_stop = true;
+	pthread_cond_signal(&e->watch_cv);
+	pthread_mutex_unlock(&e->watch_mx);
+	pthread_join(e->watch, NULL);
+	e->watch_on = false;
 }
 
 /* Take the use lock; when alone, throw the old regions away. Then open
@@ -713,20 +860,27 @@ static int env_attach(struct henv *e, const char **error_r)
 	    (rc = env->set_lk_max_locks(env, Q_HINTS_LOCKS)) != 0 ||
 	    (rc = env->set_lk_max_objects(env, Q_HINTS_LOCKS)) != 0 ||
 	    (rc = env->set_flags(env, DB_TXN_WRITE_NOSYNC, 1)) != 0 ||
+	    /* a lock wait that timed out is not a deadlock */
+	    (rc = env->set_flags(env, DB_TIME_NOTGRANTED, 1)) != 0 ||
 	    (rc = env->log_set_config(env, DB_LOG_AUTO_REMOVE, 1)) != 0 ||
-	    (rc = env->set_lk_detect(env, DB_LOCK_DEFAULT)) != 0) {
+	    (rc = env->set_lk_detect(env, DB_LOCK_DEFAULT)) != 0 ||
+	    (rc = env->set_timeout(env, lock_wait_ms * 1000u,
+				   DB_SET_LOCK_TIMEOUT)) != 0 ||
+	    (rc = env->set_thread_count(env, Q_HINTS_THREADS)) != 0 ||
+	    (rc = env->set_isalive(env, env_isalive)) != 0) {
 		(void)env->close(env, 0);
 		return rc;
 	}
 	rc = env->open(env, e->dir,
 		       DB_CREATE | DB_INIT_TXN | DB_INIT_LOCK | DB_INIT_LOG |
-		       DB_INIT_MPOOL | DB_THREAD | DB_REGISTER | DB_RECOVER,
-		       0600);
+		       DB_INIT_MPOOL | DB_THREAD | DB_REGISTER | DB_RECOVER |
+		       DB_FAILCHK, 0600);
 	if (rc != 0) {
 		(void)env->close(env, 0);
 		return rc;
 	}
 	e->env = env;
+	watchdog_start(e);
 	for (d = e->dbs; d != NULL; d = d->next)
 		if (d->db == NULL && (rc = open_one_db(e, d)) != 0)
 			return rc;
@@ -735,6 +889,28 @@ static int env_attach(struct henv *e, const char **error_r)
 
 /* Lock dir against other openers: LOCK_EX on the directory, re-checked
  * against the path (someone may have moved it aside meanwhile). */
+/* flock(LOCK_EX) with a bound: an opener stopped (^Z) while it held the
+ * lock must not hang everybody for ever. */
+static int lock_wait(int fd, const char *dir, const char **error_r)
+{
+	struct timespec t0, now;
+	unsigned i;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (i = 1;; i++) {
+		if (flock(fd, LOCK_EX | LOCK_NB) == 0)
+			return 0;
+		if (errno != EWOULDBLOCK && errno != EINTR)
+			return q_err(error_r, "flock %s: %s", dir, strerror(errno));
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if (now.tv_sec - t0.tv_sec >= Q_HINTS_OPEN_WAIT)
+			return q_err(error_r, "%s: another process has been opening "
+				     "or recovering the hints for %d s; giving up",
+				     dir, Q_HINTS_OPEN_WAIT);
+		backoff(i < 40 ? i : 40);
+	}
+}
+
 static int open_lock(const char *dir, const char **error_r)
 {
 	struct stat st1, st2;
@@ -746,14 +922,9 @@ static int open_lock(const char *dir, const char **error_r)
 		fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		if (fd < 0)
 			return q_err(error_r, "open %s: %s", dir, strerror(errno));
-		while (flock(fd, LOCK_EX) < 0) {
-			if (errno != EINTR) {
-				int err = errno;
-
-				close(fd);
-				return q_err(error_r, "flock %s: %s", dir,
-					     strerror(err));
-			}
+		if (lock_wait(fd, dir, error_r) < 0) {
+			close(fd);
+			return -1;
 		}
 		if (fstat(fd, &st1) == 0 && stat(dir, &st2) == 0 &&
 		    st1.st_dev == st2.st_dev && st1.st_ino == st2.st_ino)
@@ -935,6 +1106,9 @@ static void env_free(struct henv *e)
 		free(d);
 	}
 	pthread_rwlock_destroy(&e->lock);
+	pthread_mutex_destroy(&e->reg_lock);
+	pthread_mutex_destroy(&e->watch_mx);
+	pthread_cond_destroy(&e->watch_cv);
 	free(e->dir);
 	free(e);
 }
@@ -988,7 +1162,11 @@ int q_hints_open(const char *dir, const char *transport,
 		}
 		e->pid = pid;
 		e->use_fd = -1;
+		e->reg_fd = -1;
 		pthread_rwlock_init(&e->lock, NULL);
+		pthread_mutex_init(&e->reg_lock, NULL);
+		pthread_mutex_init(&e->watch_mx, NULL);
+		pthread_cond_init(&e->watch_cv, NULL);
 		fresh = true;
 	}
 	pthread_rwlock_wrlock(&e->lock);
@@ -1141,7 +1319,7 @@ static int hints_run(struct q_hints *h, enum q_db which, const char *what,
 {
 	struct henv *e = h->e;
 	struct hdb *d;
-	unsigned tries = 0, reopens = 0;
+	unsigned tries = 0, reopens = 0, timeouts = 0;
 	int rc;
 
 	if ((int)which < 0 || which >= Q_DB__COUNT)
@@ -1173,6 +1351,18 @@ static int hints_run(struct q_hints *h, enum q_db which, const char *what,
 			}
 		}
 		pthread_rwlock_unlock(&e->lock);
+		if (rc == DB_LOCK_NOTGRANTED && reopens < Q_HINTS_REOPENS &&
+		    register_has_dead(e)) {
+			/* A dead process's locks: recover by reopening. */
+			reopens++;
+			if (env_restart(e, gen, NULL, error_r) != 0)
+				return -1;
+			continue;
+		}
+		if (rc == DB_LOCK_NOTGRANTED && ++timeouts >= lock_timeouts)
+			return q_err(error_r, "hints %s: %s: a lock has been held "
+				     "for %u ms (a stopped process?)", d->name,
+				     what, lock_wait_ms * lock_timeouts);
 		if (rc_retry(rc) && ++tries < Q_HINTS_TRIES) {
 			backoff(tries);
 			continue;

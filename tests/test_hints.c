@@ -942,6 +942,68 @@ static void test_two_writers(void)
 	q_hints_close(&h);
 }
 
+/* A process stopped while it holds a record lock makes others fail after
+ * a bounded wait, never hang; once it is killed, the next operation finds
+ * its dead registry slot, reopens (which recovers) and goes on. */
+void q_hints_tune(unsigned wait_ms, unsigned timeouts);
+
+static int stop_inside(const void *old, size_t oldlen, struct q_buf *out,
+		       void *ctx)
+{
+	(void)old;
+	(void)oldlen;
+	(void)ctx;
+	raise(SIGSTOP);               /* with the record locked */
+	q_buf_adds(out, "never");
+	return Q_HINTS_PUT;
+}
+
+static void test_stopped_holder(void)
+{
+	char *dir = db_dir();
+	struct q_hints *h;
+	struct q_buf b = { 0 };
+	const char *err;
+	double t0;
+	int st;
+	pid_t pid;
+
+	q_hints_tune(100, 3);
+	h = open_ok(dir);
+	CU_ASSERT_EQUAL(put_s(h, Q_DB_RETRY, "locked", "before"), 0);
+	pid = fork();
+	CU_ASSERT_FATAL(pid >= 0);
+	if (pid == 0) {
+		struct q_hints *hc = NULL;
+		const char *notice;
+
+		if (q_hints_open(dir, "smtp", &hc, &notice, &err) != 0)
+			_exit(2);
+		(void)q_hints_update(hc, Q_DB_RETRY, "locked", 6, stop_inside,
+				     NULL, &err);
+		_exit(0);
+	}
+	CU_ASSERT_EQUAL(waitpid(pid, &st, WUNTRACED), pid);
+	CU_ASSERT_TRUE(WIFSTOPPED(st));
+	t0 = now_ms();
+	CU_ASSERT_EQUAL(q_hints_put(h, Q_DB_RETRY, "locked", 6, "x", 1, &err), -1);
+	if (strstr(err, "a lock has been held") == NULL)
+		fprintf(stderr, "stopped holder: %s\n", err);
+	CU_ASSERT_PTR_NOT_NULL(strstr(err, "a lock has been held"));
+	t0 = now_ms() - t0;
+	CU_ASSERT(t0 < 5000);
+	/* other records are not blocked by it (their pages permitting) */
+	kill(pid, SIGKILL);
+	CU_ASSERT_EQUAL(waitpid(pid, &st, 0), pid);
+	/* the dead holder's locks go with the recovery our reopen runs */
+	CU_ASSERT_EQUAL(q_hints_put(h, Q_DB_RETRY, "locked", 6, "after", 5, &err), 0);
+	CU_ASSERT_EQUAL(get_s(h, Q_DB_RETRY, "locked", &b), 0);
+	CU_ASSERT_STRING_EQUAL(b.data, "after");
+	q_buf_free(&b);
+	q_hints_close(&h);
+	q_hints_tune(2000, 15);
+}
+
 /* Several threads of one process share one handle. */
 struct thr {
 	struct q_hints *h;
@@ -1421,6 +1483,7 @@ void suite_hints(void)
 	CU_add_test(s, "killed at random points", test_kill_early);
 	CU_add_test(s, "two writer processes", test_two_writers);
 	CU_add_test(s, "threads share a handle", test_threads);
+	CU_add_test(s, "a stopped lock holder, then killed", test_stopped_holder);
 	CU_add_test(s, "log files stay bounded", test_log_bounded);
 	CU_add_test(s, "corrupt files: notice and fresh start", test_corruption);
 	CU_add_test(s, "corrupt notice names the old files", test_corrupt_notice);
