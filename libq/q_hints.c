@@ -5,13 +5,15 @@
  * lists, and the record codec (q_rec_*).  The only file of qkit that
  * includes db.h.
  *
- * Environment.  DB_INIT_TXN|LOCK|LOG|MPOOL, DB_THREAD, DB_REGISTER and
- * DB_RECOVER; commits do not fsync (DB_TXN_WRITE_NOSYNC: a process crash
- * loses nothing, a system crash may lose the last hints, which can be
- * rebuilt); logs are removed automatically once a checkpoint covers them
- * (checkpoints: every 128 writes if 1 MB of log accumulated, and when a
- * writer closes if 256 KB did).  Every database file carries page
- * checksums (DB_CHKSUM), so a garbage page is reported, never followed.
+ * Environment.  DB_INIT_TXN|LOCK|LOG|MPOOL, DB_THREAD, DB_REGISTER,
+ * DB_RECOVER and DB_FAILCHK; a 32 MB cache; btrees of 16 KB pages with
+ * record numbers (exact O(1) counts) except the wait lists (sorted
+ * duplicates).  Commits do not fsync (DB_TXN_WRITE_NOSYNC: a process
+ * crash loses nothing, a system crash may lose the last hints, which can
+ * be rebuilt); logs (1 MB files) are removed automatically once a
+ * checkpoint covers them (every 128 writes if 1 MB of log accumulated,
+ * and when a writer closes if 256 KB did).  Every database file carries
+ * page checksums (DB_CHKSUM): a garbage page is reported, never followed.
  * Berkeley DB's own messages go to a per-thread buffer that is appended
  * to our error texts; nothing is printed.
  *
@@ -21,37 +23,44 @@
  * already open shares its DB_ENV (reference count) and its DB handles.
  * A forked child never touches its parent's handles: it opens its own.
  *
- * Two flock(2) locks guard the environment (Berkeley DB's region files
- * are trusted memory: garbage in __db.00N makes it crash or spin):
+ * Region files.  Berkeley DB trusts its region files (__db.00N) like
+ * memory: garbage in them makes it crash or spin.  Two flock(2) locks:
  *   open lock: LOCK_EX on the directory itself while a process opens,
- *     recovers or moves the environment aside (openers are serialised);
+ *     recovers or moves the environment aside (openers are serialised;
+ *     a wait is bounded to 60 s);
  *   use lock: LOCK_SH on <dir>/qkit.lock while a process has the
  *     environment open.
- * An opener that can take the use lock exclusively is alone: it deletes
- * the region files before opening, so regions are always created afresh
- * by the first user (never trusted from disk), and Berkeley DB's register
- * still decides whether recovery is needed (a process died holding the
- * environment).  Openers that are not alone join the live regions.
+ * An opener that can take the use lock exclusively is alone.  It joins
+ * the regions left on disk only when the regions stamp (qkit.regions,
+ * see stamp_write) proves that every file of the environment is exactly
+ * as the last clean user left it, in this boot; otherwise it deletes the
+ * region files and Berkeley DB makes new ones (and its register decides
+ * whether recovery is needed: a process died holding the environment).
+ * Openers that are not alone join the live regions.
  *
  * Invariants.
  *  - Every Berkeley DB call on an environment runs under its rwlock in
  *    read mode; reopen, truncate and close take it in write mode.  No
- *    lock of ours or of Berkeley DB is held while a caller's callback
- *    runs (q_hints_iter copies a chunk with a bulk read, closes its
- *    cursor, then calls back), so callbacks may write to the database.
- *  - Every writer closes its DB handles with a sync before it leaves, so
- *    the data files are complete whenever no registered process is alive
- *    (which is when the regions are thrown away).  Read-only users close
- *    without syncing.
- *  - Deadlocks (DB_LOCK_DEADLOCK, DB_LOCK_NOTGRANTED) abort and retry, at
- *    most Q_HINTS_TRIES times with a short randomised backoff.
+ *    lock of ours or of Berkeley DB is held while a q_hints_iter
+ *    callback runs (a chunk is copied with a bulk read, the cursor
+ *    closed, then the callback called), so callbacks may write.
+ *  - Deadlocks abort and retry (at most 100 times, short random backoff).
+ *    A lock wait lasts at most 2 s (DB_TIME_NOTGRANTED) and an operation
+ *    waits at most 15 times: a process stopped with a lock held makes
+ *    others fail with a text, never hang.
+ *  - Killed processes: a watchdog thread per environment runs failchk
+ *    (releases their locks and aborts their transactions) and expires
+ *    lock waits every half wait; a timed-out wait that finds a dead slot
+ *    in __db.register reopens, which recovers (DB_REGISTER).
  *  - DB_RUNRECOVERY during an operation (another process ran recovery,
  *    or a page failed its checksum) closes and reopens the environment
  *    and retries; an update whose commit itself failed is not retried
- *    (it may have been applied).  A second real panic right after the
- *    reopen is corruption: the directory is moved aside (as below) and
- *    the operation fails with a text saying so.
- *  - Corruption: when the environment cannot be opened even with
+ *    (it may have been applied).  The same failure right after the reopen
+ *    (and not caused by another process's recovery) is damage: the
+ *    directory is moved aside as below and the operation fails with a
+ *    text saying so.  EINVAL counts too (a damaged log shows as "LSN
+ *    past end of log" when a page is written).
+ *  - Corruption at open: when the environment cannot be opened even with
  *    recovery (twice DB_RUNRECOVERY), or a database file fails to open
  *    (EINVAL "not a database", checksum, DB_VERIFY_BAD, DB_PAGE_NOTFOUND,
  *    old or foreign version), the directory is renamed to
@@ -63,11 +72,17 @@
  *    keep using it until they reopen (a panic, or their next start).
  *  - Berkeley DB tools (db_stat, db_dump) run by hand do not take the
  *    use lock; an opener may then think it is alone and throw away the
- *    regions under them.
+ *    regions under them.  A forked child that keeps an inherited use-lock
+ *    descriptor makes openers think the environment is in use (they then
+ *    join its regions without checking the stamp).
+ *  - A process that dies inside a Berkeley DB mutex (not a lock) cannot
+ *    be cleaned by failchk: the environment panics and everybody reopens.
  *  - q_hints_count is O(1) for btrees with record numbers (every database
- *    but wait) and O(pairs) for wait (a bulk walk).
+ *    but wait) and O(pairs) for wait (a bulk walk, ~0.3 ms per 25,000).
  *  - q_hints_iter sees a key added or deleted by others during the walk
  *    or not, depending on whether the walk had passed it.
+ *  - After a panic Berkeley DB cannot close its DB handles; they are kept
+ *    (see grave_keep), a few dozen KB per panic.
  */
 #include "config.h"
 #include "q_private.h"
