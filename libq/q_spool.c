@@ -48,7 +48,11 @@
  *   rename of the new -H and the unlink of -J applies the journal twice,
  *   counting those attempts twice (states are final, so nothing is
  *   delivered twice). Accepted.
- * - A q_spool handle is not thread-safe (one per thread). After fork()
+ * - Threads may share a q_spool handle for messages (create, read, lock,
+ *   journal, commit, remove: the lazily opened directory fds and the
+ *   hints handle are guarded by lazy_mu), one struct q_msg per thread at
+ *   a time; q_spool_list and q_index_rebuild are for one thread (they
+ *   keep the listing stamps). After fork()
  *   the child must not use the parent's hints handle: q_spool_hints
  *   notices the pid change and opens a new one (the parent's is left
  *   alone, not closed).
@@ -67,6 +71,7 @@
 #include <assert.h>
 #include <dirent.h>
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -92,6 +97,8 @@ struct q_spool {
 	struct q_hints *hints;
 	pid_t hints_pid;
 	bool hints_failed;           /* do not retry on every create */
+	pthread_mutex_t lazy_mu;     /* the lazily opened fds and hints: a
+					runner's workers share one handle */
 };
 
 struct q_msg {
@@ -844,6 +851,7 @@ int q_spool_open(const char *dir, unsigned flags, struct q_spool **spool_r,
 	s->dfd = s->input_fd = s->tmp_fd = s->msglog_fd = s->corrupt_fd = -1;
 	for (int i = 0; i < NSPLIT; i++)
 		s->split_fd[i] = -1;
+	pthread_mutex_init(&s->lazy_mu, NULL);
 	if ((s->dir = strdup(dir)) == NULL) {
 		q_err(error_r, "out of memory");
 		goto fail;
@@ -912,6 +920,7 @@ void q_spool_close(struct q_spool **sp)
 		close(s->msglog_fd);
 	if (s->corrupt_fd >= 0)
 		close(s->corrupt_fd);
+	pthread_mutex_destroy(&s->lazy_mu);
 	free(s->dir);
 	free(s);
 	*sp = NULL;
@@ -927,6 +936,7 @@ int q_spool_hints(struct q_spool *s, struct q_hints **hints_r,
 {
 	char path[PATH_MAX];
 
+	pthread_mutex_lock(&s->lazy_mu);
 	if (s->hints != NULL && s->hints_pid != getpid())
 		s->hints = NULL;   /* the parent's: not ours to close */
 	if (s->hints == NULL) {
@@ -934,12 +944,14 @@ int q_spool_hints(struct q_spool *s, struct q_hints **hints_r,
 		if (q_hints_open(path, "smtp", &s->hints, NULL, error_r) < 0) {
 			s->hints = NULL;
 			s->hints_failed = true;
+			pthread_mutex_unlock(&s->lazy_mu);
 			return -1;
 		}
 		s->hints_pid = getpid();
 		s->hints_failed = false;
 	}
 	*hints_r = s->hints;
+	pthread_mutex_unlock(&s->lazy_mu);
 	return 0;
 }
 
@@ -1007,19 +1019,23 @@ static int split_fd(struct q_spool *s, char c, bool create)
 	int fd;
 
 	assert(i >= 0);
-	if (s->split_fd[i] >= 0)
-		return s->split_fd[i];
+	pthread_mutex_lock(&s->lazy_mu);
+	if (s->split_fd[i] >= 0) {
+		fd = s->split_fd[i];
+		pthread_mutex_unlock(&s->lazy_mu);
+		return fd;
+	}
 	fd = openat(s->input_fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0 && errno == ENOENT && create) {
-		if (mkdir_0700(s->input_fd, name) < 0)
+		if (mkdir_0700(s->input_fd, name) < 0 || fsync(s->input_fd) < 0) {
+			pthread_mutex_unlock(&s->lazy_mu);
 			return -1;
-		if (fsync(s->input_fd) < 0)
-			return -1;
+		}
 		fd = openat(s->input_fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	}
-	if (fd < 0)
-		return -1;
-	s->split_fd[i] = fd;
+	if (fd >= 0)
+		s->split_fd[i] = fd;
+	pthread_mutex_unlock(&s->lazy_mu);
 	return fd;
 }
 
@@ -1037,6 +1053,7 @@ static void move_corrupt(struct q_spool *s, int split, const char *id,
 	int err = 0;
 
 	snprintf(what, sizeof(what), "%s", q_err_last());
+	pthread_mutex_lock(&s->lazy_mu);
 	if (s->corrupt_fd < 0) {
 		if (mkdir_0700(s->dfd, "corrupt") == 0)
 			s->corrupt_fd = openat(s->dfd, "corrupt",
@@ -1046,6 +1063,7 @@ static void move_corrupt(struct q_spool *s, int split, const char *id,
 			fail = "corrupt/";
 		}
 	}
+	pthread_mutex_unlock(&s->lazy_mu);
 	for (size_t i = 0; i < sizeof(kinds) && fail == NULL; i++) {
 		msg_name(name, id, kinds[i]);
 		if (renameat(split, name, s->corrupt_fd, name) < 0 &&
