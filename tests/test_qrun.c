@@ -1803,6 +1803,48 @@ static void test_sessions(void)
 	CU_ASSERT_EQUAL(sstat(&s, "msgs"), 1);
 }
 
+/* Handoff when the server does not want more: it hangs up after each
+ * message, or refuses RSET. Every message is sent once, each on a new
+ * connection, and the host is not marked as failing. */
+static void test_handoff_refused(void)
+{
+	static const char *const scripts[] = {
+		"dot: default; close\n",
+		"rset: 421 4.3.2 one message per connection; close\n",
+		"rset: 502 5.5.1 no RSET here\n",
+	};
+
+	for (size_t i = 0; i < sizeof(scripts) / sizeof(scripts[0]); i++) {
+		struct ctx c;
+		struct srv s;
+		struct t_out o;
+
+		CU_ASSERT_FATAL(ctx_init(&c) == 0);
+		CU_ASSERT_FATAL(srv_start(&s, &c, "srv", 0, scripts[i], NULL) == 0);
+		ctx_hosts(&c, "127.0.0.1 mx.test\n");
+		ctx_conf(&c, "route * = mx.test:%u\n", s.port[0]);
+		for (int k = 0; k < 5; k++) {
+			char r[32];
+			snprintf(r, sizeof(r), "u%d@d.test", k);
+			CU_ASSERT_FATAL(submit(&c, "a@sender.test", r, NULL, NULL) == 0);
+		}
+		CU_ASSERT_EQUAL(QRUN(&c, &o, "-P", "1", NULL), 0);
+		CU_ASSERT_EQUAL(jnum(o.out, "delivered"), 5);
+		CU_ASSERT_EQUAL(jnum(o.out, "deferred"), 0);
+		CU_ASSERT_EQUAL(jnum(o.out, "connections"), 5);
+		if (jnum(o.out, "delivered") != 5)
+			fprintf(stderr, "script %s: %s\n", scripts[i], o.out);
+		t_out_free(&o);
+		CU_ASSERT_EQUAL(queue_count(&c), 0);
+		char *rj = retry_json(&c);
+		CU_ASSERT_EQUAL(count_host_keys(rj), 0);
+		free(rj);
+		srv_stop(&s);
+		CU_ASSERT_EQUAL(sstat(&s, "msgs"), 5);
+		CU_ASSERT_EQUAL(sstat(&s, "conns"), 5);
+	}
+}
+
 /* max_rcpt splits a message's recipients into several transactions */
 static void test_max_rcpt(void)
 {
@@ -1988,6 +2030,8 @@ void suite_qrun(void)
 	CU_add_test(s, "-f ignores retry times", test_force);
 	CU_add_test(s, "queue_run_max: an extra run says so and exits 0", test_queue_run_max);
 	CU_add_test(s, "live sessions while a delivery runs", test_sessions);
+	CU_add_test(s, "handoff refused (close after the dot, RSET refused): once each",
+		    test_handoff_refused);
 	CU_add_test(s, "max_rcpt = 2: five recipients in three transactions", test_max_rcpt);
 	CU_add_test(s, "qrun -d: runs every interval, SIGHUP, SIGTERM", test_daemon);
 	CU_add_test(s, "q_run in this process: 55 messages, 4 kinds of destination",
