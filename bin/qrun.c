@@ -5,8 +5,10 @@
  *
  * Exit status: 0 when the run completed (deferrals are normal, and so is
  * a run skipped because queue_run_max runs are going); 64 usage; 78
- * configuration; 66/74/77 spool or hints unusable; 75 when a daemon's
- * first run could not work.
+ * configuration; 66/74/77 spool or hints unusable at start; 75 when the
+ * run itself could not work (hints, journal; see qrun(8)). A daemon (-d)
+ * logs a run that could not work and tries again at the next interval;
+ * it exits 0 on SIGTERM.
  */
 #include "config.h"
 #include "cli.h"
