@@ -23,6 +23,13 @@
  *   only one worker connects to it: a dead or stalling host costs one
  *   connection attempt per IP, not one per worker.
  * - A recipient delivered after a 4xx loses its address retry record.
+ * - Retry times as Exim: an IP not due is skipped (and not counted towards
+ *   hosts_max_try) unless the message is older than the rule's cutoff;
+ *   past the final cutoff of every IP the recipients bounce, at once with
+ *   delay_after_cutoff, after one more try of an IP not tried since the
+ *   message arrived without it. Weak: the choice is made for the first
+ *   message of a destination and applies to every message of it in the
+ *   run.
  * - Journal entries are written without fdatasync; the run syncs the
  *   file system once at the end (group commit). A power loss can then at
  *   worst repeat a delivery, never lose a message: messages are only ever
@@ -924,10 +931,9 @@ static void job_defer_all(struct run *r, struct dest *d, struct job *j,
 			   d->route_status == 0 &&
 			   strcmp(e->kind, "serialized") != 0 &&
 			   strcmp(e->kind, "stopped") != 0;
-	bool bounce = expired && (r->conf->delay_after_cutoff ||
-				  d->route_status == Q_ROUTE_PERMANENT);
-	if (d->route_status == Q_ROUTE_PERMANENT)
-		bounce = true;
+	/* expired: every IP past its final cutoff (delay_after_cutoff was
+	   applied when the IPs were chosen), or the domain cannot be routed */
+	bool bounce = expired || d->route_status == Q_ROUTE_PERMANENT;
 	const char *host = d->hosts.n ? d->hosts.h[0].name : d->route_domain;
 	pthread_mutex_lock(&m->mu);
 	for (size_t k = 0; k < j->n; k++) {
@@ -1051,7 +1057,8 @@ static time_t host_failed(struct run *r, struct dest *d, size_t i,
 /* Connect to the first usable IP of d. Returns 0 with cs->c, or -1 with
  * *e, *next_r and *expired_r describing why no host could be used. */
 static int dest_connect(struct worker *w, struct dest *d, struct conn_state *cs,
-			struct q_smtp_err *e, time_t *next_r, bool *expired_r)
+			time_t arrival, struct q_smtp_err *e, time_t *next_r,
+			bool *expired_r)
 {
 	struct run *r = w->r;
 	const struct q_conf *cf = r->conf;
@@ -1072,10 +1079,8 @@ static int dest_connect(struct worker *w, struct dest *d, struct conn_state *cs,
 			break;
 		int got = q_retry_get(r->hints, key.data, &rec, NULL);
 		any_considered = true;
-		if (got == 0 && !rec.expired)
-			all_expired = false;
-		if (got != 0)
-			all_expired = false;
+		/* all_expired: every IP is past its final cutoff - as its
+		   record stands after this attempt for the IPs tried */
 		pthread_mutex_lock(&r->mu);
 		bool failed = d->hfail[i];
 		if (failed && e->kind[0] == '\0')
@@ -1083,14 +1088,31 @@ static int dest_connect(struct worker *w, struct dest *d, struct conn_state *cs,
 		pthread_mutex_unlock(&r->mu);
 		if (failed) {
 			/* failed earlier in this run (here or in another worker) */
+			if (got != 0 || !rec.expired)
+				all_expired = false;
 			if (got == 0 && rec.next_try > 0 &&
 			    (next == 0 || rec.next_try < next))
 				next = rec.next_try;
 			q_retry_rec_clear(&rec);
 			continue;    /* not counted towards hosts_max_try */
 		}
-		if (got == 0 && !q_retry_due(&rec, r->now) && !r->o->force &&
-		    r->o->nids == 0) {
+		/* Exim's rules: not due = skipped (not counted towards
+		   hosts_max_try), unless the message is older than the rule's
+		   final cutoff (one attempt, so that it can time out); past the
+		   cutoff, delay_after_cutoff = false tries an IP not tried since
+		   the message arrived */
+		enum q_retry_use use = Q_RETRY_USE;
+		if (got == 0 && !r->o->force && r->o->nids == 0) {
+			use = q_retry_host_use(&rec, rule_for(r, h->name, d->route_domain,
+							      rec.kind, rec.code),
+					       arrival, r->now);
+			if (use == Q_RETRY_SKIP_EXPIRED && !cf->delay_after_cutoff &&
+			    q_retry_try_after_cutoff(&rec, arrival))
+				use = Q_RETRY_USE;
+		}
+		if (use != Q_RETRY_USE) {
+			if (use == Q_RETRY_SKIP)
+				all_expired = false;
 			if (next == 0 || rec.next_try < next)
 				next = rec.next_try;
 			if (e->kind[0] == '\0') {
@@ -1359,7 +1381,8 @@ static void serve(struct worker *w, struct dest *d)
 			struct q_smtp_err e;
 			time_t next = 0;
 			bool expired = false;
-			if (dest_connect(w, d, &cs, &e, &next, &expired) < 0) {
+			if (dest_connect(w, d, &cs, j->m->arrival, &e, &next,
+					 &expired) < 0) {
 				if (strcmp(e.kind, "stopped") == 0 ||
 				    strcmp(e.kind, "serialized") == 0) {
 					/* not the host's fault: leave the job

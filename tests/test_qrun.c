@@ -30,6 +30,8 @@
 #include "q/util.h"
 #include "q/conf.h"
 #include "q/runner.h"
+#include "q/retry.h"
+#include "q/hints.h"
 
 #include <CUnit/CUnit.h>
 #include <errno.h>
@@ -1845,6 +1847,74 @@ static void test_handoff_refused(void)
 	}
 }
 
+/* Past the retry rule's final cutoff (Exim's semantics): the host's
+ * record is made in the past through libq, then one run. */
+static void test_cutoff(void)
+{
+	static const struct {
+		int seeds[2];           /* failures, seconds ago (0: none) */
+		bool delay_after_cutoff;
+		int opens;              /* connection attempts */
+		bool bounce;
+	} cases[] = {
+		/* due, not yet expired: tried, and this failure is past the
+		   cutoff: the address bounces */
+		{{3 * 3600, 0}, true, 1, true},
+		/* expired and not due: bounced without an attempt */
+		{{3 * 3600, 10}, true, 0, true},
+		/* the same with delay_after_cutoff = false: the message came
+		   after the last try, so one attempt first */
+		{{3 * 3600, 10}, false, 1, true},
+		/* not due, not expired: deferred without an attempt */
+		{{60, 0}, true, 0, false},
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct ctx c;
+		struct srv s;
+		struct t_out o;
+		char key[128];
+
+		CU_ASSERT_FATAL(ctx_init(&c) == 0);
+		CU_ASSERT_FATAL(srv_start(&s, &c, "srv", 0,
+					  "banner: 421 4.3.2 busy; close\n", NULL) == 0);
+		ctx_hosts(&c, "127.0.0.1 mx.test\n");
+		ctx_conf(&c, "route * = mx.test:%u\nretry * * F,1s,2h\n"
+			 "delay_after_cutoff = %s\n", s.port[0],
+			 cases[i].delay_after_cutoff ? "true" : "false");
+		CU_ASSERT_FATAL(submit(&c, "a@sender.test", "x@d.test", NULL, NULL) == 0);
+
+		/* the record, as earlier runs would have left it */
+		struct q_spool *sp = spool_open(&c);
+		struct q_hints *h = NULL;
+		struct q_retry_rule rule = {0};
+		const char *err = NULL;
+		CU_ASSERT_FATAL(sp != NULL);
+		CU_ASSERT_FATAL(q_spool_hints(sp, &h, &err) == 0);
+		CU_ASSERT_FATAL(q_retry_parse_algos("F,1s,2h", &rule, &err) == 0);
+		snprintf(key, sizeof(key), "T:mx.test:127.0.0.1:%u", s.port[0]);
+		for (int k = 0; k < 2 && cases[i].seeds[k]; k++)
+			CU_ASSERT_FATAL(q_retry_fail(h, key, &rule, 0, "banner", 421, 0,
+						     "421 4.3.2 busy (seeded)",
+						     time(NULL) - cases[i].seeds[k],
+						     NULL, &err) == 0);
+		q_retry_rule_clear(&rule);
+		q_spool_close(&sp);
+
+		CU_ASSERT_EQUAL(QRUN(&c, &o, NULL), 0);
+		CU_ASSERT_EQUAL(jnum(o.out, "failed"), cases[i].bounce ? 1 : 0);
+		CU_ASSERT_EQUAL(jnum(o.out, "bounces"), cases[i].bounce ? 1 : 0);
+		CU_ASSERT_EQUAL(jnum(o.out, "deferred"), cases[i].bounce ? 0 : 1);
+		if (jnum(o.out, "failed") != (cases[i].bounce ? 1 : 0))
+			fprintf(stderr, "cutoff case %zu: %s\n", i, o.out);
+		t_out_free(&o);
+		CU_ASSERT_EQUAL(rec_count(&s, "open", NULL), cases[i].opens);
+		/* bounced: the message is gone, its bounce is queued */
+		CU_ASSERT_EQUAL(queue_count(&c), 1);
+		srv_stop(&s);
+	}
+}
+
 /* max_rcpt splits a message's recipients into several transactions */
 static void test_max_rcpt(void)
 {
@@ -2032,6 +2102,7 @@ void suite_qrun(void)
 	CU_add_test(s, "live sessions while a delivery runs", test_sessions);
 	CU_add_test(s, "handoff refused (close after the dot, RSET refused): once each",
 		    test_handoff_refused);
+	CU_add_test(s, "past the retry cutoff: bounce, delay_after_cutoff", test_cutoff);
 	CU_add_test(s, "max_rcpt = 2: five recipients in three transactions", test_max_rcpt);
 	CU_add_test(s, "qrun -d: runs every interval, SIGHUP, SIGTERM", test_daemon);
 	CU_add_test(s, "q_run in this process: 55 messages, 4 kinds of destination",
