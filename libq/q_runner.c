@@ -1270,7 +1270,7 @@ static enum send_result job_send(struct worker *w, struct dest *d,
 	 * error, 421) is the IP's: its retry record, and no more of it in
 	 * this run. */
 	time_t host_next = 0;
-	if (broken && !e.permanent && !idle_drop)
+	if (broken && !e.permanent && !idle_drop && strcmp(e.kind, "local") != 0)
 		host_next = host_failed(r, d, cs->hidx, &e, NULL);
 
 	/* Nothing decided and the final dot never went out: the server
