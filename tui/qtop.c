@@ -172,25 +172,27 @@ static void summary_text(const struct snap *s, int level, struct q_buf *b)
 	}
 }
 
+/* The most verbose level that leaves room for the spool path (at least
+ * its last 20 columns); the path right-aligned, cut on the left. */
 static void draw_summary(int w)
 {
 	struct q_buf b = { 0 }, path = { 0 };
-	int level, used;
+	int level, used, pw, room;
 
 	tx_escape(&path, app.spool_dir, strlen(app.spool_dir));
+	pw = tx_width(path.data, path.len);
 	for (level = 0; level < 3; level++) {
 		q_buf_reset(&b);
 		q_buf_adds(&b, "qtop  ");
 		summary_text(app.snap, level, &b);
-		if (tx_width(b.data, b.len) <= w)
+		if (tx_width(b.data, b.len) + 2 + (pw < 20 ? pw : 20) <= w)
 			break;
 	}
 	attrset(ui_attr(UA_TITLE));
 	tx_put(0, 0, w, b.data);
 	used = tx_width(b.data, b.len);
-	/* the spool path, right-aligned, cut on the left when long */
-	if (w - used >= 12) {
-		int room = w - used - 2, pw = tx_width(path.data, path.len);
+	room = w - used - 2;
+	if (room >= 8) {
 		const char *p = path.data;
 
 		if (pw > room) {
