@@ -1,0 +1,268 @@
+/*
+ * bench/deliver - how fast qrun empties a queue into a loopback sink.
+ *
+ * Usage: bench/deliver [N [D]] [--tls] [-P N] [--keep]
+ *   N   messages (default 10000), about 4 KB each, 1 to 3 recipients
+ *   D   recipient domains (default 50), all routed to one loopback sink
+ *   --tls   the sink is tests/smtpd (no script: a sink) with STARTTLS (a cert is
+ *           made with the openssl command); default: Postfix's smtp-sink
+ *           from build/peers (tools/deps.sh test puts it there)
+ *   -P N    qrun's parallel deliveries (default 4)
+ *
+ * What it measures: the spool is filled through libq (not timed), the
+ * page cache is warm, then ONE `qrun -P N --json` runs and is timed with
+ * the wall clock; its CPU (user+system) and peak RSS come from wait4().
+ * Printed: N, D, messages/s, qrun CPU per message, connections and TLS
+ * handshakes (from qrun's own count), peak memory, and the sink's count.
+ */
+#include "config.h"
+#include "q/spool.h"
+#include "q/addr.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+static char top[4096];
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static pid_t spawn(const char *const argv[], const char *out, char **env)
+{
+	posix_spawn_file_actions_t fa;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+	posix_spawn_file_actions_addopen(&fa, 1, out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	posix_spawn_file_actions_adddup2(&fa, 1, 2);
+	pid_t pid;
+	int r = posix_spawnp(&pid, argv[0], &fa, NULL, (char *const *)argv,
+			     env ? env : environ);
+	posix_spawn_file_actions_destroy(&fa);
+	return r == 0 ? pid : -1;
+}
+
+static unsigned free_port(void)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in sin = {.sin_family = AF_INET};
+	socklen_t sl = sizeof(sin);
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	bind(fd, (struct sockaddr *)&sin, sizeof(sin));
+	getsockname(fd, (struct sockaddr *)&sin, &sl);
+	close(fd);
+	return ntohs(sin.sin_port);
+}
+
+static int wait_port(unsigned port)
+{
+	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	for (int i = 0; i < 500; i++) {
+		int fd = socket(AF_INET, SOCK_STREAM, 0);
+		int ok = connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0;
+		close(fd);
+		if (ok)
+			return 0;
+		usleep(10000);
+	}
+	return -1;
+}
+
+static char *slurp(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	if (f == NULL)
+		return NULL;
+	char *buf = calloc(1, 1 << 20);
+	size_t n = buf ? fread(buf, 1, (1 << 20) - 1, f) : 0;
+	(void)n;
+	fclose(f);
+	return buf;
+}
+
+static long jfield(const char *json, const char *name)
+{
+	char key[64];
+	snprintf(key, sizeof(key), "\"%s\":", name);
+	const char *p = json ? strstr(json, key) : NULL;
+	return p ? strtol(p + strlen(key), NULL, 10) : -1;
+}
+
+int main(int argc, char **argv)
+{
+	long n = 10000, d = 50;
+	int par = 4, npos = 0;
+	bool tls = false, keep = false;
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--tls") == 0)
+			tls = true;
+		else if (strcmp(argv[i], "--keep") == 0)
+			keep = true;
+		else if (strcmp(argv[i], "-P") == 0 && i + 1 < argc)
+			par = atoi(argv[++i]);
+		else if (npos == 0 && (npos = 1))
+			n = atol(argv[i]);
+		else
+			d = atol(argv[i]);
+	}
+	if (n < 1 || d < 1 || par < 1) {
+		fprintf(stderr, "usage: bench/deliver [N [D]] [--tls] [-P N]\n");
+		return 64;
+	}
+	const char *t = getenv("QKIT_TOP");
+	if (t == NULL && getcwd(top, sizeof(top)) == NULL)
+		return 1;
+	if (t != NULL)
+		snprintf(top, sizeof(top), "%s", t);
+
+	char dir[] = "/tmp/qkit-bench-deliver-XXXXXX";
+	if (mkdtemp(dir) == NULL)
+		return 1;
+	char path[8192], conf[8192], sinkout[8192];
+	unsigned port = free_port();
+	pid_t sink;
+	snprintf(sinkout, sizeof(sinkout), "%s/sink.out", dir);
+	if (tls) {
+		char key[8192], cert[8192];
+		snprintf(key, sizeof(key), "%s/key.pem", dir);
+		snprintf(cert, sizeof(cert), "%s/cert.pem", dir);
+		const char *ossl[] = {"openssl", "req", "-x509", "-newkey", "rsa:2048",
+				      "-nodes", "-days", "2", "-subj", "/CN=sink.test",
+				      "-keyout", key, "-out", cert, NULL};
+		snprintf(path, sizeof(path), "%s/openssl.out", dir);
+		pid_t p = spawn(ossl, path, NULL);
+		int st;
+		waitpid(p, &st, 0);
+		char listen[64], smtpd[8192];
+		snprintf(listen, sizeof(listen), "127.0.0.1:%u", port);
+		snprintf(smtpd, sizeof(smtpd), "%s/tests/smtpd", top);
+		const char *sargv[] = {smtpd, "-l", listen, "-c", cert, "-k", key,
+				       "-t", "600", NULL};
+		sink = spawn(sargv, sinkout, NULL);
+	} else {
+		char listen[64], bin[8192], lib[8300];
+		snprintf(listen, sizeof(listen), "127.0.0.1:%u", port);
+		snprintf(bin, sizeof(bin), "%s/build/peers/usr/sbin/smtp-sink", top);
+		snprintf(lib, sizeof(lib), "LD_LIBRARY_PATH=%s/build/peers/usr/lib/postfix", top);
+		char *env[] = {lib, NULL};
+		const char *sargv[] = {bin, "-u", "nobody", "-c", listen, "1000", NULL};
+		sink = spawn(sargv, sinkout, env);
+	}
+	if (sink <= 0 || wait_port(port) != 0) {
+		fprintf(stderr, "bench/deliver: the sink did not start (see %s)\n", sinkout);
+		return 1;
+	}
+
+	snprintf(conf, sizeof(conf), "%s/qkit.conf", dir);
+	FILE *cf = fopen(conf, "w");
+	fprintf(cf, "spool_directory = %s/spool\nprimary_hostname = bench.test\n"
+		"route * = 127.0.0.1:%u\nremote_max_parallel = %d\n", dir, port, par);
+	fclose(cf);
+
+	/* fill the spool through libq: not timed */
+	snprintf(path, sizeof(path), "%s/spool", dir);
+	struct q_spool *sp;
+	const char *err;
+	if (q_spool_open(path, Q_SPOOL_CREATE, &sp, &err) < 0) {
+		fprintf(stderr, "bench/deliver: %s\n", err);
+		return 1;
+	}
+	struct q_buf raw = {0}, canon = {0};
+	q_buf_adds(&raw, "From: bench@sender.test\nSubject: benchmark\n\n");
+	while (raw.len < 4000)
+		q_buf_adds(&raw, "Lorem ipsum dolor sit amet, consectetur adipiscing elit.\n");
+	if (q_msg_canonicalize(raw.data, raw.len, &canon, &err) < 0)
+		return 1;
+	long rcpts = 0;
+	double t0 = now_s();
+	for (long i = 0; i < n; i++) {
+		char r[3][64];
+		const char *rv[3];
+		int k = 1 + (int)(i % 3);
+		for (int j = 0; j < k; j++) {
+			snprintf(r[j], sizeof(r[j]), "user%ld.%d@d%ld.test", i, j,
+				 (i + j * 7) % d);
+			rv[j] = r[j];
+		}
+		struct q_newmsg m = {.sender = "bench@sender.test", .rcpts = rv,
+				     .nrcpt = (size_t)k, .data = canon.data, .len = canon.len};
+		char id[Q_ID_LEN + 1];
+		if (q_spool_create(sp, &m, Q_CREATE_NOSYNC, id, &err) < 0) {
+			fprintf(stderr, "bench/deliver: %s\n", err);
+			return 1;
+		}
+		rcpts += k;
+	}
+	q_spool_sync(sp, NULL);
+	double tfill = now_s() - t0;
+	q_spool_close(&sp);
+
+	/* the timed run */
+	char qrun[8192], out[8192], pstr[16];
+	snprintf(qrun, sizeof(qrun), "%s/bin/qrun", top);
+	snprintf(out, sizeof(out), "%s/qrun.out", dir);
+	snprintf(pstr, sizeof(pstr), "%d", par);
+	const char *qargv[] = {qrun, "-C", conf, "-P", pstr, "--json", NULL};
+	double t1 = now_s();
+	pid_t q = spawn(qargv, out, NULL);
+	int st;
+	struct rusage ru;
+	if (q <= 0 || wait4(q, &st, 0, &ru) != q) {
+		fprintf(stderr, "bench/deliver: qrun did not run\n");
+		return 1;
+	}
+	double wall = now_s() - t1;
+	double cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+		     (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+	char *js = slurp(out);
+	kill(sink, SIGTERM);
+	waitpid(sink, NULL, 0);
+
+	printf("bench/deliver: N=%ld messages (%ld recipients) to D=%ld domains, "
+	       "%s sink on loopback, qrun -P %d\n", n, rcpts, d,
+	       tls ? "STARTTLS (tests/smtpd sink)" : "plain (Postfix smtp-sink)", par);
+	printf("  how: spool filled through libq (%.2f s, not timed); one qrun run timed "
+	       "(wall clock); CPU and peak RSS of qrun from wait4()\n", tfill);
+	printf("  qrun exit %d, delivered %ld of %ld recipients, %ld deferred\n",
+	       WIFEXITED(st) ? WEXITSTATUS(st) : -1, jfield(js, "delivered"), rcpts,
+	       jfield(js, "deferred"));
+	printf("  wall %.3f s  ->  %.0f messages/s\n", wall, (double)n / wall);
+	printf("  qrun CPU %.3f s  ->  %.1f us per message\n", cpu, cpu * 1e6 / (double)n);
+	printf("  connections %ld, TLS handshakes %ld (resumed %ld)\n",
+	       jfield(js, "connections"), jfield(js, "tls"), jfield(js, "tls_resumed"));
+	printf("  peak memory (max RSS) %.1f MB\n", (double)ru.ru_maxrss / 1024.0);
+	if (jfield(js, "delivered") != rcpts)
+		printf("  WARNING: not every recipient was delivered; qrun said: %s\n",
+		       js ? js : "(nothing)");
+	free(js);
+	q_buf_free(&raw);
+	q_buf_free(&canon);
+	if (!keep) {
+		const char *rm[] = {"rm", "-rf", dir, NULL};
+		snprintf(path, sizeof(path), "/dev/null");
+		pid_t p = spawn(rm, path, NULL);
+		waitpid(p, NULL, 0);
+	} else {
+		printf("  kept: %s\n", dir);
+	}
+	return 0;
+}
