@@ -483,6 +483,16 @@ static const struct peer peers[] = {
 	    Seen: the message "delivered", the server accepted nothing;
 	    the next message fails on "unexpected data before MAIL". */
 	 "an extra reply shifts DATA's to a 250: mail lost"},
+	{"order", "354 to the second RCPT", "rcpt 2: 354 go on\n", 0,
+	 DEFERRED, "protocol", HOSTKEY, 0, 0, 0, 1,
+	 /* RFC 5321 allows 2xx, 4xx and 5xx to RCPT. Seen: the 354 is
+	    taken as y's temporary failure, logged "defer ()" with an empty
+	    kind and no retry record at all; DATA goes on and x is
+	    delivered (the server did take x: no loss). With one recipient
+	    and the reply held back ("rcpt 1: hold; default") the
+	    dialogue is then out of step but the connection is reused: the
+	    next message waits command_timeout for its RSET's reply. */
+	 "a 3xx to RCPT is a recipient's 4xx with an empty retry kind"},
 	{"order", "no reply to the first RCPT", "rcpt 1: noreply\n", 0,
 	 DEFERRED, "timeout", HOSTKEY, 0, 1, 0, 1, NULL},
 	{"order", "no reply to MAIL", "mail: noreply\n", 0,
