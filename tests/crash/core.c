@@ -86,6 +86,7 @@ struct cr_opts {
 	bool no_mount;          /* do not try tmpfs (use the shim) */
 	/* part 4 */
 	int corrupt_msgs;
+	unsigned damage_mask;   /* which kinds of damage (bit per CV_*), 0: all */
 	/* checks for bugs known to fail (long run only) */
 	bool known_bugs;
 	FILE *log;              /* progress and figures, or NULL */
@@ -440,12 +441,20 @@ struct cr_env {
 	const char *const *env_extra;   /* for every program run (LD_PRELOAD) */
 };
 
+/* A fresh directory for a case: a subdirectory of one t_tmpdir() per
+ * process (tlib removes it at exit), so that the cases do not use up
+ * tlib's table of temporary directories. */
 static int env_init(struct cr_env *e, const char *spool_dir)
 {
-	const char *d = t_tmpdir();
+	static const char *base;
+	static int seq;
+	char d[PATH_MAX];
 
 	memset(e, 0, sizeof(*e));
-	if (d == NULL)
+	if (base == NULL && (base = t_tmpdir()) == NULL)
+		return -1;
+	cr_snpr(d, sizeof(d), "%s/case%d", base, ++seq);
+	if (mkdir(d, 0700) < 0)
 		return -1;
 	cr_snpr(e->dir, sizeof(e->dir), "%s", d);
 	if (spool_dir != NULL)
@@ -1485,8 +1494,9 @@ static int check_listing(const struct cr_env *e, struct cset *set, bool adopt,
 	nd = spool_ids(e->spool, NULL, 0);
 	if (nd > 0 && (disk = calloc((size_t)nd, sizeof(*disk))) != NULL)
 		nd = spool_ids(e->spool, disk, nd);
-	qsort(ids, (size_t)n, sizeof(*ids), cmp_id);
-	if (disk != NULL)
+	if (n > 1)
+		qsort(ids, (size_t)n, sizeof(*ids), cmp_id);
+	if (disk != NULL && nd > 1)
 		qsort(disk, (size_t)nd, sizeof(*disk), cmp_id);
 	if (nd != n)
 		cr_fail(r, "%s: qctl list shows %d messages, the spool holds %d", when,
@@ -1847,5 +1857,688 @@ static void part_hints_kills(const struct cr_opts *o, struct cr_res *r)
 out:
 	srv_stop(&s);
 	cset_free(&set);
+	r->seconds = cr_now() - t0;
+}
+
+/* ======================================================================
+ * part 3: a full disk
+ * ==================================================================== */
+
+/* The hints environment alone takes about 4.3 MB of region and log files
+ * (a 32 MB cache, sparse), so the file system is 24 MB and a filler file
+ * takes all but the free space a case wants. */
+#define FS_SIZE "24m"
+
+struct fullfs {
+	bool tmpfs;                 /* else: the shim */
+	bool split_db;              /* each spool's db/ is a tmpfs of its own */
+	char dbmnt[PATH_MAX + 32];  /* the one mounted now, or "" */
+	char mnt[PATH_MAX];
+	char filler[PATH_MAX + 16];
+	const char *shim;
+	char env_pre[PATH_MAX + 16];
+	char env_after[64];
+	const char *env[3];
+};
+
+static int fs_mount(struct fullfs *f, const char *dir)
+{
+	cr_snpr(f->mnt, sizeof(f->mnt), "%s/mnt", dir);
+	cr_snpr(f->filler, sizeof(f->filler), "%s/filler", f->mnt);
+	if (mkdir(f->mnt, 0700) < 0)
+		return -1;
+	if (mount("tmpfs", f->mnt, "tmpfs", MS_NOSUID | MS_NODEV,
+		  "size=" FS_SIZE ",mode=0700") < 0) {
+		rmdir(f->mnt);
+		return -1;
+	}
+	f->tmpfs = true;
+	return 0;
+}
+
+/* Before a spool is made on the tmpfs: with split_db, its db/ becomes a
+ * roomy file system of its own, so that the full disk meets the spool's
+ * files but not the hints (see part_full_regions for why). 0 or -1. */
+static int fs_spool_prepare(struct fullfs *f, const char *spool)
+{
+	f->dbmnt[0] = '\0';
+	if (!f->tmpfs || !f->split_db)
+		return 0;
+	cr_snpr(f->dbmnt, sizeof(f->dbmnt), "%s/db", spool);
+	if ((mkdir(spool, 0700) < 0 && errno != EEXIST) ||
+	    (mkdir(f->dbmnt, 0700) < 0 && errno != EEXIST) ||
+	    mount("tmpfs", f->dbmnt, "tmpfs", MS_NOSUID | MS_NODEV,
+		  "size=64m,mode=0700") < 0) {
+		f->dbmnt[0] = '\0';
+		return -1;
+	}
+	return 0;
+}
+
+static void fs_spool_release(struct fullfs *f)
+{
+	if (f->dbmnt[0] && umount2(f->dbmnt, 0) < 0)
+		umount2(f->dbmnt, MNT_DETACH);
+	f->dbmnt[0] = '\0';
+}
+
+static void fs_umount(struct fullfs *f)
+{
+	fs_spool_release(f);
+	if (!f->tmpfs)
+		return;
+	if (umount2(f->mnt, 0) < 0)
+		umount2(f->mnt, MNT_DETACH);
+	rmdir(f->mnt);
+	f->tmpfs = false;
+}
+
+static long long fs_free(const struct fullfs *f)
+{
+	struct statvfs sv;
+
+	if (statvfs(f->mnt, &sv) < 0)
+		return -1;
+	return (long long)sv.f_bavail * (long long)sv.f_frsize;
+}
+
+/* Leave about `leave` bytes free (tmpfs counts 4 KB pages). */
+static int fs_fill(const struct fullfs *f, long long leave)
+{
+	static char zero[65536];
+	long long need = fs_free(f) - leave;
+	int fd = open(f->filler, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+
+	if (fd < 0)
+		return -1;
+	while (need > 0) {
+		size_t n = need > (long long)sizeof(zero) ? sizeof(zero) : (size_t)need;
+		ssize_t w = write(fd, zero, n);
+
+		if (w <= 0)
+			break;
+		need -= w;
+	}
+	close(fd);
+	return 0;
+}
+
+static void fs_unfill(const struct fullfs *f)
+{
+	unlink(f->filler);
+}
+
+/* The shim's environment for a program that must meet a full disk after
+ * n writes. */
+static const char *const *fs_shim_env(struct fullfs *f, int n)
+{
+	cr_snpr(f->env_pre, sizeof(f->env_pre), "LD_PRELOAD=%s", f->shim);
+	cr_snpr(f->env_after, sizeof(f->env_after), "QKIT_ENOSPC_AFTER=%d", n);
+	f->env[0] = f->env_pre;
+	f->env[1] = f->env_after;
+	f->env[2] = NULL;
+	return f->env;
+}
+
+/* A program that met a full disk: no signal, and when it failed, a text
+ * that says so. Returns true when it failed (cleanly or not). */
+static bool full_verdict(const struct fullfs *f, struct cr_res *r, const char *what,
+			 int st, const struct t_out *o, int *clean_r)
+{
+	if (st == 0)
+		return false;
+	if (st == 128 + SIGBUS && f->tmpfs && !f->split_db) {
+		cr_fail_known(r, "%s: SIGBUS (the hints' mmap'd region files on a "
+			      "full file system)", what);
+		return true;
+	}
+	if (st < 0 || st >= 128) {
+		cr_fail(r, "%s: CRASH: exit status %d (signal %d): %s", what, st,
+			st >= 128 ? st - 128 : 0, first_line(o));
+		return true;
+	}
+	if (o->err == NULL || strstr(o->err, "No space left") == NULL)
+		cr_fail(r, "%s: exit %d without saying the disk is full: %s", what, st,
+			first_line(o));
+	else
+		(*clean_r)++;
+	return true;
+}
+
+static void part_full_submit(const struct cr_opts *o, struct fullfs *f,
+			     struct cr_res *r)
+{
+	struct cr_env e;
+	struct cset set;
+	char spool[PATH_MAX + 16], when[96];
+	int ok = 0, failed = 0, clean = 0, adopted = 0;
+	struct t_out to;
+	double t0 = cr_now();
+
+	cr_snpr(r->name, sizeof(r->name), "full-submit");
+	if (env_init(&e, NULL) < 0) {
+		cr_fail(r, "set-up");
+		return;
+	}
+	if (f->tmpfs) {
+		cr_snpr(spool, sizeof(spool), "%s/spool1", f->mnt);
+		cr_snpr(e.spool, sizeof(e.spool), "%s", spool);
+		if (fs_spool_prepare(f, e.spool) < 0) {
+			cr_fail(r, "cannot mount a tmpfs on %s/db: %s", spool,
+				strerror(errno));
+			return;
+		}
+	} else if (f->shim == NULL) {
+		r->skipped = 1;
+		cr_note(r, "no tmpfs and no ENOSPC shim built");
+		return;
+	}
+	env_conf(&e, "route * = mx.test:25\n");
+	env_run(&e, &to, NULL, "qctl", "list", NULL);     /* spool and hints */
+	t_out_free(&to);
+	if (cset_make(&set, 4, o->seed, o->full_steps, 1, "d.test", 40000) < 0)
+		return;
+	for (int i = 0; i < set.n; i++) {
+		struct cmsg *m = &set.m[i];
+		char *text = malloc(m->len + 1);
+		int st;
+
+		if (text == NULL)
+			break;
+		memcpy(text, m->text, m->len);
+		text[m->len] = '\0';
+		if (f->tmpfs)
+			fs_fill(f, (long long)i * 6144);     /* 0, 6 KB, ... */
+		else
+			e.env_extra = fs_shim_env(f, i);     /* ENOSPC after i writes */
+		st = env_run(&e, &to, text, "qctl", "submit", "-f", "sender@crash.test",
+			     m->rcpt[0], NULL);
+		e.env_extra = NULL;
+		if (f->tmpfs)
+			fs_unfill(f);
+		free(text);
+		cr_snpr(when, sizeof(when), "submit %d (%s %d%s)", i,
+			f->tmpfs ? "free" : "ENOSPC after", f->tmpfs ? i * 6 : i,
+			f->tmpfs ? " KB" : " writes");
+		if (!full_verdict(f, r, when, st, &to, &clean)) {
+			if (to.out == NULL || strlen(to.out) < Q_ID_LEN) {
+				cr_fail(r, "%s: exit 0 without an id", when);
+			} else {
+				memcpy(m->id, to.out, Q_ID_LEN);
+				m->id[Q_ID_LEN] = '\0';
+				m->submitted = true;
+				ok++;
+			}
+		} else {
+			failed++;
+		}
+		t_out_free(&to);
+		/* with space again: exactly the messages said to be spooled are
+		 * there, complete (a failed submit that left one behind would
+		 * make its sender submit it twice) */
+		int a = check_listing(&e, &set, true, r, when);
+		if (a > 0) {
+			adopted += a;
+			cr_fail(r, "%s: the submit failed but its message is on the spool",
+				when);
+		}
+		if (!hints_open_ok(&e, false, when, sizeof(when)))
+			cr_fail(r, "after submit %d: %s", i, when);
+	}
+	cr_fig(r, "mode", "%s", f->tmpfs ? f->split_db ? "tmpfs(db apart)" : "tmpfs" :
+	       "shim");
+	cr_fig(r, "submits", "%d", set.n);
+	cr_fig(r, "spooled", "%d", ok);
+	cr_fig(r, "refused", "%d", failed);
+	cr_fig(r, "refused_with_clear_error", "%d", clean);
+	cr_fig(r, "failed_but_spooled", "%d", adopted);
+	cr_fig(r, "leftover_files", "%d", count_leftovers(e.spool));
+	fs_spool_release(f);
+	cr_rm_rf(e.spool);
+	cset_free(&set);
+	r->seconds = cr_now() - t0;
+}
+
+/* Every message of set on the spool is complete; a message gone from it
+ * was received by every recipient. */
+static void check_kept_or_sent(const struct cr_env *e, struct cset *set,
+			       struct cr_res *r, const char *when)
+{
+	for (int i = 0; i < set->n; i++) {
+		struct cmsg *m = &set->m[i];
+		char st[3], why[400];
+		int k = msg_states(e->spool, m, st, why, sizeof(why));
+
+		if (!m->submitted)
+			continue;
+		if (k < 0) {
+			cr_fail(r, "%s: HALF MESSAGE: %s", when, why);
+		} else if (k == 1) {
+			for (int j = 0; j < m->nr; j++)
+				if (m->nrx[j] == 0)
+					cr_fail(r, "%s: LOST: %s left the spool, <%s> never "
+						"received it", when, m->id, m->rcpt[j]);
+		} else {
+			struct t_out bo;
+			int s = env_run(e, &bo, NULL, "qctl", "show", m->id, "--body", NULL);
+
+			if (s != 0 || bo.outlen != m->len - m->body ||
+			    memcmp(bo.out, m->text + m->body, bo.outlen) != 0)
+				cr_fail(r, "%s: HALF MESSAGE: %s: qctl show --body exits %d "
+					"with %zu bytes, %zu expected", when, m->id, s,
+					bo.outlen, m->len - m->body);
+			t_out_free(&bo);
+			for (int j = 0; j < m->nr; j++)
+				if (st[j] == 'D' && m->nrx[j] == 0)
+					cr_fail(r, "%s: LOST: %s to <%s> journaled as delivered, "
+						"never received", when, m->id, m->rcpt[j]);
+		}
+	}
+}
+
+static void part_full_deliver(const struct cr_opts *o, struct fullfs *f,
+			      struct cr_res *r)
+{
+	static const long long leave_kb[] = { 0, 4, 8, 16, 32, 64, 128, 256 };
+	static const int after[] = { 0, 2, 5, 10, 20, 40, 80, 160, 320, 640 };
+	int ncase = f->tmpfs ? (int)(sizeof(leave_kb) / sizeof(leave_kb[0])) :
+		(int)(sizeof(after) / sizeof(after[0]));
+	int stopped = 0, clean = 0, completed = 0;
+	long dups = 0;
+	double t0 = cr_now();
+
+	cr_snpr(r->name, sizeof(r->name), "full-deliver");
+	if (!f->tmpfs && f->shim == NULL) {
+		r->skipped = 1;
+		cr_note(r, "no tmpfs and no ENOSPC shim built");
+		return;
+	}
+	int total = ncase;
+
+	if (o->full_steps < ncase)
+		ncase = o->full_steps < 2 ? 2 : o->full_steps;
+	for (int ci = 0; ci < ncase; ci++) {
+		int c = ci * (total - 1) / (ncase - 1);   /* levels spread out */
+		struct cr_env e;
+		struct cr_srv s, s2;
+		struct cset set;
+		struct recrd rr;
+		struct rxcount rc;
+		struct t_out to;
+		char when[96];
+		int st;
+		long d = 0;
+
+		if (env_init(&e, NULL) < 0)
+			break;
+		if (f->tmpfs) {
+			cr_snpr(e.spool, sizeof(e.spool), "%s/spool-d%d", f->mnt, c);
+			if (fs_spool_prepare(f, e.spool) < 0) {
+				cr_fail(r, "cannot mount a tmpfs on %s/db: %s", e.spool,
+					strerror(errno));
+				break;
+			}
+		}
+		cr_snpr(when, sizeof(when), "delivery with %s %lld%s", f->tmpfs ? "free" :
+			"ENOSPC after", f->tmpfs ? leave_kb[c] : (long long)after[c],
+			f->tmpfs ? " KB" : " writes");
+		/* the second recipient of each transaction is deferred, so that
+		 * commits rewrite -H; the others are journaled as delivered */
+		if (srv_start(&s, &e, "defer2", 0, "rcpt 2: 451 4.3.0 try later\n") < 0) {
+			cr_fail(r, "tests/smtpd does not start");
+			fs_spool_release(f);
+			break;
+		}
+		env_conf(&e, "route * = mx.test:%u\n", s.port);
+		if (cset_make(&set, 10 + c, o->seed, 30, 3, NULL, 20000) < 0 ||
+		    cset_submit(&set, 0, set.n, e.spool, r) < 0) {
+			srv_stop(&s);
+			cset_free(&set);
+			fs_spool_release(f);
+			break;
+		}
+		env_run(&e, &to, NULL, "qctl", "list", "-c", NULL);
+		t_out_free(&to);
+		if (f->tmpfs)
+			fs_fill(f, leave_kb[c] * 1024);
+		else
+			e.env_extra = fs_shim_env(f, after[c]);
+		st = env_run(&e, &to, NULL, "qrun", "-P", "2", "--json", NULL);
+		e.env_extra = NULL;
+		if (f->tmpfs)
+			fs_unfill(f);
+		if (full_verdict(f, r, when, st, &to, &clean))
+			stopped++;
+		else
+			completed++;
+		cr_say("  %s: qrun exit %d %s", when, st, first_line(&to));
+		t_out_free(&to);
+		rr = (struct recrd){ .path = s.rec };
+		rc = (struct rxcount){ &set, r, 0 };
+		rec_settle(&rr, rxcount_line, &rc);
+		srv_stop(&s);
+		check_kept_or_sent(&e, &set, r, when);
+		if (!hints_open_ok(&e, false, when, sizeof(when)))
+			cr_fail(r, "after the full disk: %s", when);
+		/* space again, and a server that takes everything: all of it
+		 * must arrive */
+		if (srv_start(&s2, &e, "sink", 0, NULL) < 0) {
+			cr_fail(r, "tests/smtpd does not start");
+			cset_free(&set);
+			fs_spool_release(f);
+			break;
+		}
+		env_conf(&e, "route * = mx.test:%u\n", s2.port);
+		deliver_all(&e, &s2, &set, r, when, &d);
+		dups += rc.dups + d;
+		srv_stop(&s2);
+		fs_spool_release(f);
+		if (f->tmpfs)
+			cr_rm_rf(e.spool);
+		cset_free(&set);
+	}
+	cr_fig(r, "mode", "%s", f->tmpfs ? f->split_db ? "tmpfs(db apart)" : "tmpfs" :
+	       "shim");
+	cr_fig(r, "cases", "%d", ncase);
+	cr_fig(r, "runs_completed", "%d", completed);
+	cr_fig(r, "runs_stopped", "%d", stopped);
+	cr_fig(r, "stopped_with_clear_error", "%d", clean);
+	cr_fig(r, "duplicates", "%ld", dups);
+	r->seconds = cr_now() - t0;
+}
+
+/* Known bug: Berkeley DB's region files are sparse and mmap'd, so a
+ * program that creates the hints environment on a disk with less than
+ * about 4 MB free dies of SIGBUS when it touches a page the file system
+ * cannot back. tmpfs only. */
+static void __attribute__((unused)) part_full_regions(const struct cr_opts *o, struct fullfs *f,
+			      struct cr_res *r)
+{
+	struct cr_env e;
+	struct cset set;
+	struct t_out to;
+	char *text;
+	int st;
+	double t0 = cr_now();
+
+	cr_snpr(r->name, sizeof(r->name), "full-regions");
+	if (!f->tmpfs || env_init(&e, NULL) < 0) {
+		r->skipped = 1;
+		cr_note(r, "needs a tmpfs");
+		return;
+	}
+	cr_snpr(e.spool, sizeof(e.spool), "%s/spool-r", f->mnt);
+	env_conf(&e, "route * = mx.test:25\n");
+	if (cset_make(&set, 30, o->seed, 2, 1, "d.test", 1000) < 0)
+		return;
+	text = strndup(set.m[0].text, set.m[0].len);
+	fs_fill(f, 1024 * 1024);
+	st = env_run(&e, &to, text, "qctl", "submit", "-f", "sender@crash.test",
+		     set.m[0].rcpt[0], NULL);
+	cr_fig(r, "submit_exit", "%d", st);
+	if (st != 0)
+		cr_fail_known(r, "qctl submit on a fresh spool with 1 MB free exits %d "
+			      "(%s)%s", st, st >= 128 ? "signal" : "error",
+			      spool_ids(e.spool, NULL, 0) > 0 ?
+			      "; its message IS on the spool, no id was printed" : "");
+	t_out_free(&to);
+	st = env_run(&e, &to, NULL, "qctl", "list", NULL);
+	cr_fig(r, "list_exit", "%d", st);
+	if (st != 0)
+		cr_fail_known(r, "qctl list with 1 MB free exits %d", st);
+	t_out_free(&to);
+	fs_unfill(f);
+	free(text);
+	cr_rm_rf(e.spool);
+	cset_free(&set);
+	r->seconds = cr_now() - t0;
+}
+
+/* ======================================================================
+ * part 4: the hints environment deleted or damaged between runs
+ * ==================================================================== */
+
+enum {
+	CV_DELETE, CV_INDEX_PAGE, CV_INDEX_META, CV_RETRY, CV_WAIT, CV_REGIONS,
+	CV_LOG, CV_INDEX_TRUNC, CV_ALL, CV_N
+};
+static const char *const cv_name[CV_N] = {
+	"db/ deleted", "index.db: a data page overwritten",
+	"index.db: the meta page overwritten", "retry.db overwritten",
+	"wait-smtp.db overwritten", "__db.00N region files overwritten",
+	"the log overwritten", "index.db truncated", "every file overwritten",
+};
+
+/* n random bytes at off (off past the end: the middle of the file). */
+static void garble(const char *path, off_t off, size_t n, uint64_t *rs)
+{
+	struct stat st;
+	unsigned char buf[8192];
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return;
+	if (fstat(fd, &st) == 0 && off >= st.st_size)
+		off = st.st_size / 2;
+	if (n > sizeof(buf))
+		n = sizeof(buf);
+	for (size_t i = 0; i < n; i++)
+		buf[i] = (unsigned char)cr_rand(rs);
+	if (pwrite(fd, buf, n, off) < 0)
+		cr_say("  garble %s: %s", path, strerror(errno));
+	close(fd);
+}
+
+static void damage(const char *spool, int v, uint64_t *rs)
+{
+	char db[PATH_MAX + 8], p[PATH_MAX + 64];
+	DIR *d;
+	struct dirent *de;
+
+	cr_snpr(db, sizeof(db), "%s/db", spool);
+	if (v == CV_DELETE) {
+		cr_rm_rf(db);
+		return;
+	}
+	if (v == CV_INDEX_PAGE || v == CV_ALL) {
+		cr_snpr(p, sizeof(p), "%s/index.db", db);
+		garble(p, 16384 + 256, 4096, rs);
+	}
+	if (v == CV_INDEX_META || v == CV_ALL) {
+		cr_snpr(p, sizeof(p), "%s/index.db", db);
+		garble(p, 0, 512, rs);
+	}
+	if (v == CV_RETRY || v == CV_ALL) {
+		cr_snpr(p, sizeof(p), "%s/retry.db", db);
+		garble(p, 0, 512, rs);
+		garble(p, 16384 + 256, 4096, rs);
+	}
+	if (v == CV_WAIT || v == CV_ALL) {
+		cr_snpr(p, sizeof(p), "%s/wait-smtp.db", db);
+		garble(p, 16384 + 256, 4096, rs);
+	}
+	if (v == CV_INDEX_TRUNC) {
+		cr_snpr(p, sizeof(p), "%s/index.db", db);
+		if (truncate(p, 10000) < 0)
+			cr_say("  truncate %s: %s", p, strerror(errno));
+	}
+	if ((v == CV_REGIONS || v == CV_LOG || v == CV_ALL) &&
+	    (d = opendir(db)) != NULL) {
+		while ((de = readdir(d)) != NULL) {
+			bool region = strncmp(de->d_name, "__db.0", 6) == 0;
+			bool log = strncmp(de->d_name, "log.", 4) == 0;
+
+			cr_snpr(p, sizeof(p), "%s/%s", db, de->d_name);
+			if (region && (v == CV_REGIONS || v == CV_ALL)) {
+				garble(p, 0, 4096, rs);
+				garble(p, 1 << 30, 4096, rs);    /* the middle */
+			}
+			if (log && (v == CV_LOG || v == CV_ALL))
+				garble(p, 1024, 8192, rs);
+		}
+		closedir(d);
+	}
+}
+
+/* Does this text say something about the hints being damaged or gone?
+ * The first line that does, or NULL. */
+static const char *damage_report(const char *text, char *buf, size_t size)
+{
+	static const char *const words[] = {
+		"unusable", "corrupt", "moved", "rebuil", "damage", "missing",
+		"recreat", "afresh", "recover",
+	};
+
+	for (const char *l = text; l && *l;) {
+		size_t len = strcspn(l, "\n");
+
+		for (size_t w = 0; w < sizeof(words) / sizeof(words[0]); w++) {
+			const char *hit = memmem(l, len, words[w], strlen(words[w]));
+
+			if (hit != NULL) {
+				cr_snpr(buf, size, "%.*s", (int)(len > 300 ? 300 : len), l);
+				return buf;
+			}
+		}
+		l += len;
+		if (*l)
+			l++;
+	}
+	return NULL;
+}
+
+static void part_hints_damage(const struct cr_opts *o, struct cr_res *r)
+{
+	uint64_t rs = o->seed ^ 0x4444;
+	int delivered_first = 0, reported = 0, cases = 0, moved = 0;
+	double t0 = cr_now();
+
+	cr_snpr(r->name, sizeof(r->name), "hints-damage");
+	for (int v = 0; v < CV_N; v++) {
+		if (o->damage_mask != 0 && !(o->damage_mask & (1u << v)))
+			continue;
+		struct cr_env e;
+		struct cr_srv s;
+		struct cset a, b;
+		struct t_out to;
+		char when[128], logp[PATH_MAX + 32], line[320];
+		size_t log0 = 0;
+		char *log, *all;
+		const char *rep;
+		int st, runs;
+
+		cr_snpr(when, sizeof(when), "%s", cv_name[v]);
+		if (env_init(&e, NULL) < 0 || srv_start(&s, &e, "sink", 0, NULL) < 0) {
+			cr_fail(r, "%s: set-up", when);
+			break;
+		}
+		cases++;
+		env_conf(&e, "route down.test = mx.test:%u\nroute * = mx.test:%u\n",
+			 ts_free_port(), s.port);
+		/* a: five messages for a dead host, tried once (retry records,
+		 * wait entries, a next try in the index); b: the queue */
+		if (cset_make(&a, 40 + v, o->seed, 5, 1, "down.test", 0) < 0 ||
+		    cset_make(&b, 60 + v, o->seed, o->corrupt_msgs, 3, NULL, 0) < 0 ||
+		    cset_submit(&a, 0, a.n, e.spool, r) < 0) {
+			srv_stop(&s);
+			break;
+		}
+		st = env_run(&e, &to, NULL, "qrun", "-P", "2", "--json", NULL);
+		if (st != 0)
+			cr_fail(r, "%s: the first run exited %d: %s", when, st, first_line(&to));
+		t_out_free(&to);
+		cset_submit(&b, 0, b.n, e.spool, r);
+		env_run(&e, &to, NULL, "qctl", "list", NULL);
+		t_out_free(&to);
+		cr_snpr(logp, sizeof(logp), "%s/log/mainlog", e.spool);
+		if ((log = t_read_file(logp, &log0)) == NULL)
+			log0 = 0;
+		free(log);
+
+		damage(e.spool, v, &rs);
+
+		/* the next run: reports it, rebuilds, delivers the queue */
+		st = env_run(&e, &to, NULL, "qrun", "-v", "-P", "4", NULL);
+		log = t_read_file(logp, NULL);
+		if ((all = malloc((to.outlen + to.errlen) + (log ? strlen(log) : 0) + 8)))
+			sprintf(all, "%s\n%s\n%s", to.out ? to.out : "", to.err ? to.err : "",
+				log && strlen(log) >= log0 ? log + log0 : "");
+		if (st != 0)
+			cr_fail(r, "%s: the next run exited %d: %s", when, st, first_line(&to));
+		rep = all ? damage_report(all, line, sizeof(line)) : NULL;
+		{
+			DIR *d = opendir(e.spool);
+			struct dirent *de;
+			int aside = 0;
+
+			while (d != NULL && (de = readdir(d)) != NULL)
+				aside += strncmp(de->d_name, "db.corrupt-", 11) == 0;
+			if (d != NULL)
+				closedir(d);
+			moved += aside > 0;
+			cr_say("  %s: next run exit %d; db/ moved aside: %s", when, st,
+			       aside ? "yes" : "no");
+		}
+		if (rep != NULL) {
+			reported++;
+			cr_say("  %s: reported: %s", when, rep);
+		} else if (v == CV_REGIONS) {
+			/* region files are never trusted from disk: made afresh by
+			 * the first opener, nothing to report */
+		} else if (o->known_bugs) {
+			cr_fail_known(r, "%s: the next run (exit %d) says nothing about it "
+				      "(stdout, stderr, mainlog)", when, st);
+		}
+		free(all);
+		free(log);
+		t_out_free(&to);
+		runs = 1;
+		if (spool_ids(e.spool, NULL, 0) == a.n) {
+			delivered_first++;
+		} else {
+			cr_fail(r, "%s: after the next run %d messages are on the spool, %d "
+				"expected (the queue was not delivered)", when,
+				spool_ids(e.spool, NULL, 0), a.n);
+			for (; runs < 4 && spool_ids(e.spool, NULL, 0) > a.n; runs++) {
+				st = env_run(&e, &to, NULL, "qrun", "-P", "4", NULL);
+				t_out_free(&to);
+			}
+		}
+		{
+			struct recrd rr = { .path = s.rec };
+			struct rxcount rc = { &b, r, 0 };
+
+			rec_settle(&rr, rxcount_line, &rc);
+			for (int i = 0; i < b.n; i++)
+				for (int j = 0; j < b.m[i].nr; j++)
+					if (b.m[i].nrx[j] == 0)
+						cr_fail(r, "%s: %s to <%s> not received after %d "
+							"runs", when, b.m[i].id, b.m[i].rcpt[j],
+							runs);
+			if (rc.dups)
+				cr_fail(r, "%s: %ld recipients received twice", when, rc.dups);
+		}
+		/* the dead host's messages: still there, whole; hints usable */
+		check_kept_or_sent(&e, &a, r, when);
+		for (int i = 0; i < b.n; i++)
+			b.m[i].gone = true;
+		check_listing(&e, &a, false, r, when);
+		for (int d = 0; d < 3; d++) {
+			static const char *const dbs[] = { "index", "wait", "retry" };
+
+			st = env_run(&e, &to, NULL, "qhints", "dump", dbs[d], NULL);
+			if (st != 0)
+				cr_fail(r, "%s: then qhints dump %s exited %d: %s", when, dbs[d],
+					st, first_line(&to));
+			t_out_free(&to);
+		}
+		srv_stop(&s);
+		cset_free(&a);
+		cset_free(&b);
+	}
+	cr_fig(r, "cases", "%d", cases);
+	cr_fig(r, "delivered_by_the_next_run", "%d", delivered_first);
+	cr_fig(r, "moved_aside", "%d", moved);
+	cr_fig(r, "reported", "%d", reported);
 	r->seconds = cr_now() - t0;
 }
