@@ -12,20 +12,154 @@
  *    q_retry_kind_valid accepts and increasing cutoffs);
  *  - q_conf_print's output loads again, and printing that gives the same
  *    text (the header of q_conf.c promises the round trip);
- *  - q_conf_route and q_hostlist_match run over the loaded lists.
+ *  - q_conf_route and q_hostlist_match run over the loaded lists;
+ *  - integer options: for a line "NAME = [-]DIGITS[K|M]" (whole line,
+ *    no quotes or continuation) of an integer option, the value loaded
+ *    is the number written (computed here in 128 bits), or the load
+ *    fails when it does not fit.
+ *
+ * Known open bug (tests/fuzz/README, "Findings"): q_conf.c's
+ * parse_uint lets a 20-digit number wrap modulo 2^64
+ * ("batch_max = 18446744073709551616" loads as 0). With
+ * QKIT_FUZZ_SKIP_KNOWN=1 (make fuzz-run sets it) the integer check
+ * skips values of 20 digits or more; make fuzz-regress checks them.
  */
 #include "config.h"
 #include "q/conf.h"
 #include "q/retry.h"
 #include "fuzz.h"
 
+#include <ctype.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stddef.h>
 #include <string.h>
 #include <unistd.h>
 
 static char path[PATH_MAX];
 static int dirfd_ = -1;
+
+static const struct {
+	const char *name;
+	size_t off;
+	bool is_ll;             /* long long (else unsigned) */
+} int_opts[] = {
+	{ "port", offsetof(struct q_conf, port), false },
+	{ "hosts_max_try", offsetof(struct q_conf, hosts_max_try), false },
+	{ "max_rcpt", offsetof(struct q_conf, max_rcpt), false },
+	{ "batch_max", offsetof(struct q_conf, batch_max), false },
+	{ "serialize_max", offsetof(struct q_conf, serialize_max), false },
+	{ "remote_max_parallel", offsetof(struct q_conf, remote_max_parallel), false },
+	{ "queue_run_max", offsetof(struct q_conf, queue_run_max), false },
+	{ "size_addition", offsetof(struct q_conf, size_addition), true },
+};
+
+static bool skip_known(void)
+{
+	static int skip = -1;
+
+	if (skip < 0) {
+		const char *e = getenv("QKIT_FUZZ_SKIP_KNOWN");
+		skip = e != NULL && e[0] == '1';
+	}
+	return skip;
+}
+
+/* Check one physical line "NAME = [-]DIGITS[KkMm]" (p[0..n)) of an
+ * integer option against the loaded config. */
+static void int_line(const char *p, size_t n, const struct q_conf *c)
+{
+	size_t i = 0, nlen, ndig = 0, sig = 0;   /* sig: without leading 0s */
+	const char *name;
+	unsigned __int128 v = 0;
+	bool neg = false, huge = false;
+	unsigned mult = 1;
+
+	while (n > 0 && (p[n - 1] == '\r' || p[n - 1] == ' ' || p[n - 1] == '\t'))
+		n--;
+	while (i < n && (p[i] == ' ' || p[i] == '\t'))
+		i++;
+	name = p + i;
+	while (i < n && (isalnum((unsigned char)p[i]) || p[i] == '_'))
+		i++;
+	nlen = (size_t)(p + i - name);
+	while (i < n && (p[i] == ' ' || p[i] == '\t'))
+		i++;
+	if (i >= n || p[i] != '=')
+		return;
+	i++;
+	while (i < n && (p[i] == ' ' || p[i] == '\t'))
+		i++;
+	if (i < n && p[i] == '-') {
+		neg = true;
+		i++;
+	}
+	for (; i < n && p[i] >= '0' && p[i] <= '9'; i++, ndig++) {
+		if (sig > 0 || p[i] != '0')
+			sig++;
+		v = v * 10 + (unsigned)(p[i] - '0');
+		if (v > (unsigned __int128)1 << 100)
+			huge = true, v = (unsigned __int128)1 << 100;
+	}
+	if (ndig == 0)
+		return;
+	if (i < n && (p[i] == 'K' || p[i] == 'k'))
+		mult = 1024, i++;
+	else if (i < n && (p[i] == 'M' || p[i] == 'm'))
+		mult = 1024 * 1024, i++;
+	if (i != n)
+		return;
+	for (size_t k = 0; k < sizeof(int_opts) / sizeof(int_opts[0]); k++) {
+		const char *o = int_opts[k].name;
+
+		if (strlen(o) != nlen || memcmp(o, name, nlen) != 0)
+			continue;
+		if (skip_known() && sig >= 20)
+			return;
+		v *= mult;
+		FZ_CHECK(!huge && v <= (unsigned __int128)LLONG_MAX,
+			 "%.*s loaded, although its value is beyond LLONG_MAX",
+			 (int)n, p);
+		if (int_opts[k].is_ll) {
+			long long want = neg ? -(long long)v : (long long)v;
+			long long got = *(const long long *)(const void *)
+				((const char *)c + int_opts[k].off);
+
+			FZ_CHECK(got == want, "\"%.*s\" loaded as %lld", (int)n, p,
+				 got);
+		} else {
+			unsigned got = *(const unsigned *)(const void *)
+				((const char *)c + int_opts[k].off);
+
+			FZ_CHECK(!neg || v == 0, "\"%.*s\" loaded (negative)",
+				 (int)n, p);
+			FZ_CHECK((unsigned __int128)got == v, "\"%.*s\" loaded as %u",
+				 (int)n, p, got);
+		}
+		return;
+	}
+}
+
+/* int_line for every physical line that is not part of a continued one. */
+static void int_lines(const uint8_t *d, size_t n, const struct q_conf *c)
+{
+	size_t pos = 0;
+	bool prev_cont = false;
+
+	while (pos < n) {
+		const uint8_t *nl = memchr(d + pos, '\n', n - pos);
+		size_t end = nl != NULL ? (size_t)(nl - d) : n, len = end - pos;
+		bool cont;
+
+		while (len > 0 && (d[pos + len - 1] == '\r'))
+			len--;
+		cont = len > 0 && d[pos + len - 1] == '\\';
+		if (!prev_cont && !cont && memchr(d + pos, '\0', end - pos) == NULL)
+			int_line((const char *)d + pos, end - pos, c);
+		prev_cont = cont;
+		pos = end + 1;
+	}
+}
 
 static char *print_conf(const struct q_conf *c, size_t *len_r)
 {
@@ -144,6 +278,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	FZ_CHECK(c != NULL, "no config and no error");
 	check_conf(c);
+	int_lines(data, size, c);
 	t1 = print_conf(c, &n1);
 	fz_write_at(dirfd_, "qkit.conf", t1, n1);
 	FZ_CHECK(q_conf_load(path, &c2, &err) == 0, "the printed config does "
