@@ -53,6 +53,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -89,14 +90,31 @@ struct ctx {
 	char hosts[PATH_MAX + 16];
 };
 
+/* One t_tmpdir for the suite (tlib keeps at most 256 per process);
+ * each case works in a numbered directory inside it. */
+static const char *base_dir(void)
+{
+	static const char *base;
+
+	if (base == NULL)
+		base = t_tmpdir();
+	return base;
+}
+
 static int ctx_init(struct ctx *c)
 {
-	const char *d = t_tmpdir();
+	static int seq;
+	const char *d = base_dir();
 
 	memset(c, 0, sizeof(*c));
 	if (d == NULL)
 		return -1;
-	snprintf(c->dir, sizeof(c->dir), "%s", d);
+	snprintf(c->dir, sizeof(c->dir), "%s/%d", d, ++seq);
+	if (mkdir(c->dir, 0700) != 0) {
+		perror(c->dir);
+		return -1;
+	}
+	d = c->dir;
 	snprintf(c->conf, sizeof(c->conf), "%s/qkit.conf", d);
 	snprintf(c->spool, sizeof(c->spool), "%s/spool", d);
 	snprintf(c->hosts, sizeof(c->hosts), "%s/hosts", d);
@@ -353,7 +371,7 @@ static int cert(void)
 	static int made;
 
 	if (made == 0) {
-		const char *d = t_tmpdir();
+		const char *d = base_dir();
 		struct t_out o;
 
 		made = -1;

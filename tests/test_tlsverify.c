@@ -98,14 +98,31 @@ struct ctx {
 	char hosts[PATH_MAX + 16];
 };
 
+/* One t_tmpdir for the suite (tlib keeps at most 256 per process);
+ * each case works in a numbered directory inside it. */
+static const char *base_dir(void)
+{
+	static const char *base;
+
+	if (base == NULL)
+		base = t_tmpdir();
+	return base;
+}
+
 static int ctx_init(struct ctx *c, const char *spool_sub)
 {
-	const char *d = t_tmpdir();
+	static int seq;
+	const char *d = base_dir();
 
 	memset(c, 0, sizeof(*c));
 	if (d == NULL)
 		return -1;
-	snprintf(c->dir, sizeof(c->dir), "%s", d);
+	snprintf(c->dir, sizeof(c->dir), "%s/%d", d, ++seq);
+	if (mkdir(c->dir, 0700) != 0) {
+		perror(c->dir);
+		return -1;
+	}
+	d = c->dir;
 	snprintf(c->conf, sizeof(c->conf), "%s/qkit.conf", d);
 	snprintf(c->spool, sizeof(c->spool), "%s/%s", d, spool_sub ? spool_sub : "spool");
 	snprintf(c->hosts, sizeof(c->hosts), "%s/hosts", d);
@@ -456,10 +473,15 @@ static int make_pki(void)
 	if (made != 0)
 		return made == 1 ? 0 : -1;
 	made = -1;
-	const char *d = t_tmpdir();
-	if (d == NULL)
+	const char *b = base_dir();
+	if (b == NULL)
 		return -1;
-	snprintf(g_dir, sizeof(g_dir), "%s", d);
+	snprintf(g_dir, sizeof(g_dir), "%s/pki", b);
+	if (mkdir(g_dir, 0700) != 0) {
+		perror(g_dir);
+		return -1;
+	}
+	const char *d = g_dir;
 	snprintf(cnf, sizeof(cnf),
 		 "[req]\n"
 		 "distinguished_name = dn\n"
