@@ -3,7 +3,8 @@
  * engine in libq/q_runner.c) end to end against qkit's scripted test
  * SMTP server (tests/smtpd, see tests/smtpd.md), on loopback only.
  *
- * Each test makes its own directory (t_tmpdir) with a qkit.conf, a spool
+ * Each test (each case of a table) makes its own directory (under one
+ * t_tmpdir for the suite) with a qkit.conf, a spool
  * and one or more servers; submits messages through libq (linked
  * statically; the same code `qctl submit` runs), runs the built
  * `qrun --json` as a user would, and checks what a user would check: the
@@ -56,12 +57,29 @@ struct ctx {
 	char hosts[PATH_MAX + 16];
 };
 
+/* One temporary directory for the suite (tlib allows a bounded number
+ * per process, shared by every suite); each test, or each case of a
+ * table, gets a fresh subdirectory of it. */
+static const char *suite_dir(void)
+{
+	static const char *d;
+
+	if (d == NULL)
+		d = t_tmpdir();
+	return d;
+}
+
 static int ctx_init(struct ctx *c)
 {
-	const char *d = t_tmpdir();
+	static unsigned n;
+	const char *base = suite_dir();
+	char d[PATH_MAX];
 
 	memset(c, 0, sizeof(*c));
-	if (d == NULL)
+	if (base == NULL)
+		return -1;
+	snprintf(d, sizeof(d), "%s/t%u", base, ++n);
+	if (mkdir(d, 0700) < 0)
 		return -1;
 	snprintf(c->dir, sizeof(c->dir), "%s", d);
 	snprintf(c->conf, sizeof(c->conf), "%s/qkit.conf", d);
@@ -639,7 +657,7 @@ static int certs(void)
 	static int made;
 
 	if (made == 0) {
-		const char *d = t_tmpdir();
+		const char *d = suite_dir();
 
 		made = -1;
 		if (d && make_cert(d, "mx", "mx.test", g_cert, g_key) == 0 &&
