@@ -986,6 +986,13 @@ int main(int argc, char **argv)
 		if (ch == ERR || ch == KEY_RESIZE)
 			continue;
 		key(ch);
+		/* typeahead first (a filter being typed, keys held down):
+		   one draw, one rebuild of a list, for all of it */
+		timeout(0);
+		for (int k = 0; k < 256 && !app.quit && (ch = getch()) != ERR; k++)
+			if (ch != KEY_RESIZE)
+				key(ch);
+		timeout(LOOP_MS);
 	}
 	endwin();
 	curses_on = false;

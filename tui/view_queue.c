@@ -60,10 +60,11 @@ static struct {
 /* ------------------------------------------------------------------ */
 /* building the list */
 
+/* the recipients' text holds every domain too */
 static bool row_match(const struct qrow *r, const char *f)
 {
 	return strcasestr(r->id, f) != NULL || strcasestr(r->sender, f) != NULL ||
-	       strcasestr(r->rcpts, f) != NULL || strcasestr(r->domains, f) != NULL;
+	       strcasestr(r->rcpts, f) != NULL;
 }
 
 /* Sorting: an array of (integer key, row) pairs, so that comparisons
@@ -685,6 +686,8 @@ static void filter_changed(const char *text, int state)
 	else
 		snprintf(Q.filter, sizeof(Q.filter), "%s", text);
 	Q.dirty = true;
+	if (state == 0)
+		return;           /* rebuilt once when drawn, after typeahead */
 	ensure();
 	if (state == 1 && Q.filter[0] != '\0')
 		ui_status(false, "%zu message%s match", Q.nvis, Q.nvis == 1 ? "" : "s");

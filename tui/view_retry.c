@@ -412,7 +412,6 @@ static void filter_changed(const char *text, int state)
 	else
 		snprintf(R.filter, sizeof(R.filter), "%s", text);
 	R.dirty = true;
-	ensure();
 }
 
 static void set_sort(int s)
