@@ -124,6 +124,7 @@ static int cr_snpr(char *buf, size_t size, const char *fmt, ...)
 
 static FILE *cr_log;
 static bool cr_verbose;
+static bool cr_quiet;           /* no failure texts on stderr */
 
 static void cr_say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void cr_say(const char *fmt, ...)
@@ -171,7 +172,7 @@ static void cr_fail(struct cr_res *r, const char *fmt, ...)
 		cr_snpr(r->notes[r->nnotes++], sizeof(r->notes[0]), "FAIL %s", buf);
 	if (cr_log != NULL)
 		cr_say("  %s: FAIL %s", r->name, buf);
-	else if (r->fails <= 20)
+	else if (!cr_quiet && r->fails <= 20)
 		fprintf(stderr, "crash %s: FAIL %s\n", r->name, buf);
 }
 
@@ -1226,7 +1227,7 @@ static void part_qrun_kills(const struct cr_opts *o, struct cr_res *r)
 	uint64_t rs = o->seed;
 	char script[512] = "", par[16], out[PATH_MAX + 32];
 	int kills = 0, self_exits = 0, startup_kills = 0, data_kills = 0;
-	int hints_checks = 0, final_runs = 0, iters = 0, max_iters, max_dup = 0;
+	int hints_checks = 0, final_runs = 0, iters = 0, max_iters, max_dup = 0, said = 0;
 	long total_rcpts = 0, missing = 0, runs_delivering = 0;
 	double t0 = cr_now();
 
@@ -1295,6 +1296,18 @@ static void part_qrun_kills(const struct cr_opts *o, struct cr_res *r)
 			}
 		} else {
 			kills++;
+		}
+		{
+			/* without -v, qrun says nothing unless something is wrong
+			 * (killed or not) */
+			char *txt = t_read_file(out, NULL);
+
+			if (txt != NULL && *txt != '\0' && (k == 1 || status == 0)) {
+				said++;
+				cr_fail(r, "run %d (kill at %d ms): qrun said: %.*s", iters + 1,
+					delay, (int)strcspn(txt, "\n"), txt);
+			}
+			free(txt);
 		}
 		if (rec_settle(&rr, p1_line, &p) < 0)
 			cr_fail(r, "run %d: the server did not see every connection closed "
@@ -1418,6 +1431,7 @@ static void part_qrun_kills(const struct cr_opts *o, struct cr_res *r)
 	       p.forb_journaled + p.forb_same_run + p.forb_followed);
 	cr_fig(r, "missing", "%ld", missing);
 	cr_fig(r, "hints_checks", "%d", hints_checks);
+	cr_fig(r, "runs_that_printed_errors", "%d", said);
 out:
 	srv_stop(&s);
 	free(p.rx);
