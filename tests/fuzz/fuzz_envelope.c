@@ -1,15 +1,17 @@
 /*
  * tests/fuzz/fuzz_envelope.c - the envelope (-H) parser of
- * libq/q_spool.c, reached through q_spool_read and q_msg_lock.
+ * libq/q_spool.c: in memory through q_spool_env_parse (q_spool-private.h)
+ * for every input, and through q_spool_read and q_msg_lock for some.
  *
  * Input: a -H file. When its second line is "id ID" with a valid
  * message id, the files are named after that id (so real -H files are
  * seeds as they are); otherwise after a fixed id, which the parser then
  * refuses ("id does not match the file name"). An input of even length
  * gets an empty -J beside it (as q_spool_create makes), an odd one none.
- * What is checked is in spool.c: never a crash or a leak, read and lock
- * agree, garbled files are moved aside, the parsed envelope is sane and
- * survives libq's own rewrite of -H unchanged.
+ * What is checked is in spool.c: never a crash or a leak, the parsed
+ * envelope is sane and survives encode+parse unchanged, read and lock
+ * agree with the in-memory parse, garbled files are moved aside, and
+ * libq's own rewrite of -H reads back unchanged.
  */
 #include "config.h"
 #include "q/spool.h"

@@ -1,10 +1,13 @@
 /*
  * tests/fuzz/fuzz_journal.c - the journal (-J) parser of libq/q_spool.c,
- * reached through q_spool_read and q_msg_lock, beside a valid -H.
+ * beside a valid -H: in memory through q_spool_journal_apply
+ * (q_spool-private.h) for every input, through q_spool_read and
+ * q_msg_lock for some (see spool.c).
  *
  * Input: a -J file. The -H is fixed: four recipients, two pending (one
  * already tried), one delivered, one failed. Checked (besides spool.c's
- * checks: no crash or leak, read and lock agree, garbled files moved
+ * checks: no crash or leak, good length at a line end, encode+parse
+ * round trip, read and lock agree with memory, garbled files moved
  * aside, the merge by q_msg_set_frozen round-trips):
  *  - a recipient that -H has as delivered or failed is untouched by any
  *    journal ("final stays final");

@@ -153,6 +153,19 @@ static void seeds_reply(void)
 		q_buf_printf(&b, "250-line %d of a long reply with some text\r\n", i);
 	q_buf_adds(&b, "250 last\r\n");
 	put("reply", "many-lines", b.data, b.len);
+	/* one line more than Q_REPLY_MAX_LINES (an error) */
+	q_buf_reset(&b);
+	for (int i = 0; i < 200; i++)
+		q_buf_adds(&b, "250-x\r\n");
+	q_buf_adds(&b, "250 y\r\n");
+	put("reply", "too-many-lines", b.data, b.len);
+	/* 2049 octets with a bare LF: one over Q_REPLY_MAX_LINE (an error) */
+	q_buf_reset(&b);
+	q_buf_adds(&b, "250 ");
+	for (int i = 0; i < 2045; i++)
+		q_buf_addc(&b, 'z');
+	q_buf_adds(&b, "\n");
+	put("reply", "line-too-long-lf", b.data, b.len);
 	q_buf_free(&b);
 }
 
@@ -229,7 +242,9 @@ static void seeds_spool(const char *scratch)
 	if (q_msg_journal(m, 1, Q_RCPT_DELIVERED, 250, "mx2.example.net", "ok",
 			  Q_JOURNAL_NOSYNC, &err) < 0 ||
 	    q_msg_journal(m, 3, Q_RCPT_PENDING, 421, "[2001:db8::25]",
-			  "4.3.2 closing", Q_JOURNAL_NOSYNC, &err) < 0)
+			  "4.3.2 closing", Q_JOURNAL_NOSYNC, &err) < 0 ||
+	    q_msg_journal(m, 3, Q_RCPT_PENDING, 0, "", "", Q_JOURNAL_NOSYNC,
+			  &err) < 0)
 		die("q_msg_journal", err);
 	read_file(q_spool_path(s, id, 'J', path, sizeof(path)), &b);
 	put("journal", "second-attempt", b.data, b.len);
@@ -370,10 +385,44 @@ static const char *const addrs[][2] = {
 
 static void seeds_text(void)
 {
+	struct q_buf b = { 0 };
+
 	for (size_t i = 0; i < sizeof(rules) / sizeof(rules[0]); i++)
 		puts_("retry_rule", rules[i][0], rules[i][1]);
 	for (size_t i = 0; i < sizeof(addrs) / sizeof(addrs[0]); i++)
 		puts_("address", addrs[i][0], addrs[i][1]);
+	/* at the limits: a 64-octet local part and a 254-octet address
+	 * (valid), one octet more (invalid), a 256-octet domain */
+	for (int i = 0; i < 64; i++)
+		q_buf_addc(&b, 'l');
+	q_buf_addc(&b, '@');
+	for (int i = 0; i < 63; i++)
+		q_buf_addc(&b, 'a');
+	q_buf_addc(&b, '.');
+	for (int i = 0; i < 63; i++)
+		q_buf_addc(&b, 'b');
+	q_buf_addc(&b, '.');
+	for (int i = 0; i < 57; i++)
+		q_buf_addc(&b, 'c');
+	q_buf_adds(&b, ".org");
+	put("address", "limit-254", b.data, b.len);
+	b.len -= 4;
+	q_buf_adds(&b, "c.org");
+	put("address", "limit-255", b.data, b.len);
+	q_buf_reset(&b);
+	q_buf_adds(&b, "a@");
+	for (int i = 0; i < 4; i++)
+		q_buf_adds(&b, "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghij.");
+	q_buf_adds(&b, "example");
+	put("address", "domain-over-255", b.data, b.len);
+	/* a 999-octet line (refused) after a header */
+	q_buf_reset(&b);
+	q_buf_adds(&b, "To: a@example.com\r\n\r\n");
+	for (int i = 0; i < 999; i++)
+		q_buf_addc(&b, 'b');
+	q_buf_adds(&b, "\r\n");
+	put("address", "line-999", b.data, b.len);
+	q_buf_free(&b);
 }
 
 /* ---- hints records (libq-made, read raw from the databases) ---- */
