@@ -238,9 +238,9 @@ struct panel {
 };
 
 extern const struct panel queue_panel, retry_panel, sess_panel;
-/* rebuild the queue list of s sorted by sort (0 age, 1 size, 2 sender,
- * 3 domain), for --bench-refresh */
-void queue_bench(struct snap *s, int sort);
+/* rebuild the queue list of s filtered and sorted by sort (0 age, 1 size,
+ * 2 sender, 3 domain), for --bench-refresh */
+void queue_bench(struct snap *s, int sort, const char *filter);
 
 /* colour pairs / attributes (plain attributes when colours are off) */
 enum ui_attr {

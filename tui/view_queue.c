@@ -442,15 +442,16 @@ static void set_cursor(size_t c)
 		memcpy(Q.curid, Q.vis[Q.cur]->id, Q_ID_LEN + 1);
 }
 
-void queue_bench(struct snap *s, int sort)
+void queue_bench(struct snap *s, int sort, const char *filter)
 {
 	struct snap *keep = app.snap;
 
 	app.snap = s;
 	Q.sort = sort;
 	Q.rev = false;
-	Q.filter[0] = '\0';
+	snprintf(Q.filter, sizeof(Q.filter), "%s", filter != NULL ? filter : "");
 	rebuild();
+	Q.filter[0] = '\0';
 	app.snap = keep;
 	Q.built_q = NULL;
 	Q.sort = S_AGE;
