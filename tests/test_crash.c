@@ -239,6 +239,7 @@ static void test_judge(void)
 	CU_ASSERT_EQUAL(msg_states(e.spool, m, st, why, sizeof(why)), 1);
 
 	cr_quiet = false;
+	p.set.n = 2;
 	free(p.rx);
 	free(p.conn_last);
 	free(p.dup_tx_seg);
