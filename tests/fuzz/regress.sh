@@ -40,7 +40,7 @@ for t in "$@"; do
 		if ! "$bin/fuzz_$t" "$f" > "$log.one" 2>&1; then
 			bad=$((bad + 1))
 			echo "== fuzz-regress $t FAILED: $f"
-			grep -E '^(SUMMARY|fuzz check failed|harness|  )|runtime error' \
+			grep -E '^(SUMMARY|fuzz check failed|harness|  [^ ])|runtime error' \
 				"$log.one" | head -n 3
 			cat "$log.one" >> "$log"
 		fi
