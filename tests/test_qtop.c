@@ -37,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -53,16 +54,24 @@ struct sp {
 	struct q_spool *s;
 };
 
+/* One t_tmpdir for the suite (tlib keeps a per-process budget that
+ * every suite shares), a numbered directory in it per case. */
 static int sp_init(struct sp *p, const char *extra_conf)
 {
+	static char *suite_dir;
+	static int ncase;
 	char buf[8192];
 	const char *err = NULL;
-	const char *d = t_tmpdir();
 
 	memset(p, 0, sizeof(*p));
-	if (d == NULL || t_bin("qtop") == NULL)
+	if (suite_dir == NULL && (suite_dir = t_tmpdir()) == NULL)
 		return -1;
-	snprintf(p->dir, sizeof(p->dir), "%s", d);
+	if (t_bin("qtop") == NULL)
+		return -1;
+	snprintf(p->dir, sizeof(p->dir), "%s/case%d", suite_dir, ++ncase);
+	if (mkdir(p->dir, 0700) < 0)
+		return -1;
+	const char *d = p->dir;
 	snprintf(p->conf, sizeof(p->conf), "%s/qkit.conf", d);
 	snprintf(p->spool, sizeof(p->spool), "%s/spool", d);
 	snprintf(buf, sizeof(buf), "spool_directory = %s\nprimary_hostname = client.test\n%s",
