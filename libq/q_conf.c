@@ -778,9 +778,11 @@ static int parse_uint(const char *v, long long *out)
 	if (*p < '0' || *p > '9')
 		return -1;
 	for (; *p >= '0' && *p <= '9'; p++) {
-		x = x * 10 + (unsigned long long)(*p - '0');
-		if (x > (unsigned long long)LLONG_MAX)
+		unsigned long long d = (unsigned long long)(*p - '0');
+		/* checked before it can wrap: 2^64 must not load as 0 */
+		if (x > ((unsigned long long)LLONG_MAX - d) / 10)
 			return -1;
+		x = x * 10 + d;
 	}
 	if (*p == 'K' || *p == 'k')
 		mult = 1024, p++;

@@ -642,6 +642,16 @@ void q_retry_compute(struct q_retry_rec *rec, const struct q_retry_rule *rule,
 	if (interval_max <= 0)
 		interval_max = DEFAULT_INTERVAL_MAX;
 
+	/* A damaged record can hold any times; ones that no real failure
+	 * could have written (negative, or more than a year ahead of now)
+	 * start the record again instead of overflowing the arithmetic. */
+	const long long year = 366LL * 86400;
+	if ((long long)rec->first_failed < 0 || (long long)rec->last_try < 0 ||
+	    (long long)rec->next_try < 0 ||
+	    (long long)rec->first_failed > (long long)now + year ||
+	    (long long)rec->last_try > (long long)now + year ||
+	    (long long)rec->next_try > (long long)now + 2 * year)
+		rec->first_failed = 0;
 	if (rec->first_failed == 0 ||
 	    (rec->last_try != 0 &&
 	     (long long)now - (long long)rec->last_try > Q_RETRY_DATA_EXPIRE)) {

@@ -100,8 +100,11 @@ bool q_slot_stale(const struct q_slot *s, time_t now, const char *boot_id)
 		boot_id = cur;
 	if (boot_id != NULL && strcmp(s->boot_id, boot_id) != 0)
 		return true;
-	if (now - s->taken > Q_SLOT_STALE_SECS ||
-	    s->taken - now > Q_SLOT_STALE_SECS)
+	/* a damaged record may hold any time: no signed overflow, and a
+	   difference that does not fit is as stale as can be */
+	long long age;
+	if (__builtin_sub_overflow((long long)now, (long long)s->taken, &age) ||
+	    age > Q_SLOT_STALE_SECS || age < -(long long)Q_SLOT_STALE_SECS)
 		return true;
 	return !q_pid_alive(s->pid);
 }
