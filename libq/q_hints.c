@@ -5,8 +5,8 @@
  * lists, and the record codec (q_rec_*).  The only file of qkit that
  * includes db.h.
  *
- * Environment.  DB_INIT_TXN|LOCK|LOG|MPOOL, DB_THREAD, DB_REGISTER,
- * DB_RECOVER and DB_FAILCHK; a 32 MB cache; btrees of 16 KB pages with
+ * Environment.  DB_INIT_TXN|LOCK|LOG|MPOOL, DB_THREAD, DB_REGISTER and
+ * DB_RECOVER; a 32 MB cache; btrees of 16 KB pages with
  * record numbers (exact O(1) counts) except the wait lists (sorted
  * duplicates).  Commits do not fsync (DB_TXN_WRITE_NOSYNC: a process
  * crash loses nothing, a system crash may lose the last hints, which can
@@ -48,10 +48,11 @@
  *    A lock wait lasts at most 2 s (DB_TIME_NOTGRANTED) and an operation
  *    waits at most 15 times: a process stopped with a lock held makes
  *    others fail with a text, never hang.
- *  - Killed processes: a watchdog thread per environment runs failchk
- *    (releases their locks and aborts their transactions) and expires
- *    lock waits every half wait; a timed-out wait that finds a dead slot
- *    in __db.register reopens, which recovers (DB_REGISTER).
+ *  - Killed processes: a watchdog thread per environment expires lock
+ *    waits (Berkeley DB only checks timeouts when its detector runs); a
+ *    timed-out wait that finds a dead slot in __db.register reopens,
+ *    which recovers (DB_REGISTER) and frees the dead process's locks;
+ *    the next opener of another process does the same.
  *  - DB_RUNRECOVERY during an operation (another process ran recovery,
  *    or a page failed its checksum) closes and reopens the environment
  *    and retries; an update whose commit itself failed is not retried
@@ -75,8 +76,12 @@
  *    regions under them.  A forked child that keeps an inherited use-lock
  *    descriptor makes openers think the environment is in use (they then
  *    join its regions without checking the stamp).
- *  - A process that dies inside a Berkeley DB mutex (not a lock) cannot
- *    be cleaned by failchk: the environment panics and everybody reopens.
+ *  - A process killed inside a Berkeley DB mutex (a critical section of
+ *    microseconds, not a lock) leaves the mutex held: a thread of another
+ *    process that blocks on it stays blocked (Berkeley DB 5.3's mutexes
+ *    are not robust), even after the next opener recovers.  Openers
+ *    after the death are not affected.  failchk would not help: its
+ *    thread table adds such a mutex to every call.
  *  - q_hints_count is O(1) for btrees with record numbers (every database
  *    but wait) and O(pairs) for wait (a bulk walk, ~0.3 ms per 25,000).
  *  - q_hints_iter sees a key added or deleted by others during the walk
@@ -110,7 +115,6 @@
 #define Q_HINTS_LOCK_WAIT  2000         /* ms: one lock wait at most ... */
 #define Q_HINTS_TIMEOUTS   15           /* ... this many times per operation */
 #define Q_HINTS_OPEN_WAIT  60           /* s: wait for another opener */
-#define Q_HINTS_THREADS    256          /* thread table (failchk) */
 #define Q_HINTS_WATCH_MS   500          /* watchdog period at most */
 #define Q_HINTS_REOPENS    3            /* reopens per operation */
 #define Q_HINTS_CACHE      (32u << 20)  /* mpool cache: a 100k-message index
@@ -315,7 +319,7 @@ struct henv {
 	pthread_mutex_t reg_lock;
 	int reg_fd;                        /* __db.register, see register_has_dead */
 	pthread_t watch;                   /* the watchdog thread */
-	bool watch_on, watch_stop;
+	bool watch_on, watch_stop, watch_lost;
 	pthread_mutex_t watch_mx;
 	pthread_cond_t watch_cv;
 };
@@ -395,7 +399,7 @@ static void grave_keep(DB *db)
 
 static int open_lock(const char *dir, const char **error_r);
 static void stamp_write(const char *dir);
-static void watchdog_stop(struct henv *e);
+static bool watchdog_stop(struct henv *e);
 
 /* Close the databases and the environment (all errors ignored: this also
  * runs on a panicked environment). final: the process is done with the
@@ -577,7 +581,7 @@ static void stamp_write(const char *dir)
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	st.rnd ^= (uint64_t)now.tv_nsec * 0x9E3779B97F4A7C15ull;
 	if (real_boot_id(boot, sizeof(boot)) < 0 ||
-	    q_buf_printf(&st.b, "qkit-regions 2 %s\n", boot) < 0 ||
+	    q_buf_printf(&st.b, "qkit-regions 3 %s\n", boot) < 0 ||
 	    each_file(dir, F_REGION | F_LOG | F_DATA, stamp_one, &st, NULL) != 0 ||
 	    st.files == 0)
 		goto out;
@@ -652,7 +656,7 @@ static bool stamp_check(const char *dir)
 	if (memchr(buf, '\0', (size_t)n) != NULL ||
 	    real_boot_id(boot, sizeof(boot)) < 0)
 		return false;
-	snprintf(head, sizeof(head), "qkit-regions 2 %s\n", boot);
+	snprintf(head, sizeof(head), "qkit-regions 3 %s\n", boot);
 	if (strncmp(buf, head, strlen(head)) != 0)
 		return false;
 	c.text = buf + strlen(head);
@@ -728,25 +732,13 @@ static bool register_has_dead(struct henv *e)
 	return dead;
 }
 
-/* For DB_ENV->failchk: is this thread of control still running? Our own
- * threads are (a thread never dies inside Berkeley DB); other processes
- * are when kill(pid, 0) finds them. */
-static int env_isalive(DB_ENV *env, pid_t pid, db_threadid_t tid,
-		       u_int32_t flags)
-{
-	(void)env;
-	(void)tid;
-	(void)flags;
-	if (pid == getpid())
-		return 1;
-	return kill(pid, 0) == 0 || errno == EPERM;
-}
-
 /* The watchdog: a thread per open environment that, every half lock
- * wait, releases what dead processes held (failchk: their locks, their
- * transactions) and expires timed-out lock waits. Berkeley DB checks
- * both only when asked; without it, a waiter blocked on a lock of a
- * killed process would wait for ever. It never blocks on e->lock. */
+ * wait, expires timed-out lock waits (Berkeley DB checks lock timeouts
+ * only when its deadlock detector runs; without it a waiter blocked on a
+ * lock of a stopped or killed process would wait for ever). It never
+ * blocks on e->lock.
+ * (DB_ENV->failchk is not used: its thread table adds a mutex to every
+ * call, and a process killed while holding it hangs every other one.) */
 static void *watchdog_main(void *arg)
 {
 	struct henv *e = arg;
@@ -769,11 +761,9 @@ static void *watchdog_main(void *arg)
 			break;
 		pthread_mutex_unlock(&e->watch_mx);
 		if (pthread_rwlock_tryrdlock(&e->lock) == 0) {
-			if (e->env != NULL && atomic_load(&e->panic) == PANIC_NONE) {
-				(void)e->env->failchk(e->env, 0);
+			if (e->env != NULL && atomic_load(&e->panic) == PANIC_NONE)
 				(void)e->env->lock_detect(e->env, 0, DB_LOCK_EXPIRE,
 							  NULL);
-			}
 			pthread_rwlock_unlock(&e->lock);
 		}
 		pthread_mutex_lock(&e->watch_mx);
@@ -797,17 +787,29 @@ static void watchdog_start(struct henv *e)
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 
-/* Caller holds e->lock for writing (so the watchdog is not inside). */
-static void watchdog_stop(struct henv *e)
+/* Caller holds e->lock for writing. The watchdog may still be inside
+ * lock_detect (it holds e->lock for reading only via trylock, so not
+ * here) -- except when a dead process left a Berkeley DB mutex locked:
+ * then it is stuck for good and is abandoned after 2 s, with its
+ * henv (never freed, see env_free). */
+static bool watchdog_stop(struct henv *e)
 {
+	struct timespec ts;
+
 	if (!e->watch_on)
-		return;
+		return true;
 	pthread_mutex_lock(&e->watch_mx);
 	e->watch_stop = true;
 	pthread_cond_signal(&e->watch_cv);
 	pthread_mutex_unlock(&e->watch_mx);
-	pthread_join(e->watch, NULL);
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += 2;
+	if (pthread_timedjoin_np(e->watch, NULL, &ts) != 0) {
+		pthread_detach(e->watch);
+		e->watch_lost = true;
+	}
 	e->watch_on = false;
+	return !e->watch_lost;
 }
 
 /* Take the use lock; when alone, throw the old regions away. Then open
@@ -880,16 +882,14 @@ static int env_attach(struct henv *e, const char **error_r)
 	    (rc = env->log_set_config(env, DB_LOG_AUTO_REMOVE, 1)) != 0 ||
 	    (rc = env->set_lk_detect(env, DB_LOCK_DEFAULT)) != 0 ||
 	    (rc = env->set_timeout(env, lock_wait_ms * 1000u,
-				   DB_SET_LOCK_TIMEOUT)) != 0 ||
-	    (rc = env->set_thread_count(env, Q_HINTS_THREADS)) != 0 ||
-	    (rc = env->set_isalive(env, env_isalive)) != 0) {
+				   DB_SET_LOCK_TIMEOUT)) != 0) {
 		(void)env->close(env, 0);
 		return rc;
 	}
 	rc = env->open(env, e->dir,
 		       DB_CREATE | DB_INIT_TXN | DB_INIT_LOCK | DB_INIT_LOG |
-		       DB_INIT_MPOOL | DB_THREAD | DB_REGISTER | DB_RECOVER |
-		       DB_FAILCHK, 0600);
+		       DB_INIT_MPOOL | DB_THREAD | DB_REGISTER | DB_RECOVER,
+		       0600);
 	if (rc != 0) {
 		(void)env->close(env, 0);
 		return rc;
@@ -1115,6 +1115,9 @@ static struct hdb *env_db(struct henv *e, const char *name, bool dup)
 static void env_free(struct henv *e)
 {
 	struct hdb *d, *next;
+
+	if (e->watch_lost)      /* an abandoned watchdog may still use it */
+		return;
 
 	for (d = e->dbs; d != NULL; d = next) {
 		next = d->next;

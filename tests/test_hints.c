@@ -766,6 +766,9 @@ static void test_unknown_version(void)
 
 /* ---- processes ---- */
 
+/* Lock wait bounds (internal to q_hints.c; tests shorten them). */
+void q_hints_tune(unsigned wait_ms, unsigned timeouts);
+
 /* Child: writes records "p<i>" and bumps "counter" in a loop; tells the
  * parent through fd after `ready` rounds. Never returns. */
 static int bump(const void *old, size_t oldlen, struct q_buf *out, void *ctx)
@@ -884,6 +887,93 @@ static void test_kill_writer(void)
 	q_buf_free(&b);
 }
 
+/* A long-running user (this process, like qrun) keeps its handle while
+ * a writer dies in the middle of a transaction (stopped inside an update,
+ * holding the record's lock, then killed). Either a third process opens
+ * (and recovers), or the long-running user meets the dead lock itself
+ * (its wait times out, it sees the dead registry slot and reopens): both
+ * ways it goes on without an error. (A process killed inside a Berkeley
+ * DB mutex is another matter: see the weak spots in q_hints.c.) */
+static int stop_inside(const void *old, size_t oldlen, struct q_buf *out,
+		       void *ctx);
+
+static void test_kill_while_open(void)
+{
+	char *dir = db_dir();
+	struct q_hints *h;
+	struct verify v = { 0 };
+	const char *err;
+	int round;
+
+	q_hints_tune(200, 10);
+	h = open_ok(dir);
+	for (round = 0; round < 4; round++) {
+		int st;
+		pid_t a, b;
+		char k[32];
+
+		a = fork();
+		CU_ASSERT_FATAL(a >= 0);
+		if (a == 0) {
+			struct q_hints *ha = NULL;
+			const char *n;
+			char key[32], val[128];
+			int i;
+
+			if (q_hints_open(dir, "smtp", &ha, &n, &err) != 0)
+				_exit(2);
+			for (i = 0; i < 30; i++) {
+				snprintf(key, sizeof(key), "a%d.%02d", round, i);
+				snprintf(val, sizeof(val), "%s %s %s", key, key, key);
+				if (q_hints_put(ha, Q_DB_RETRY, key, strlen(key), val,
+						strlen(val), &err) != 0)
+					_exit(3);
+			}
+			(void)q_hints_update(ha, Q_DB_SESSIONS, "shared", 6,
+					     stop_inside, NULL, &err);
+			_exit(0);
+		}
+		CU_ASSERT_EQUAL(waitpid(a, &st, WUNTRACED), a);
+		CU_ASSERT_TRUE(WIFSTOPPED(st));
+		kill(a, SIGKILL);
+		CU_ASSERT_EQUAL(waitpid(a, &st, 0), a);
+		if (round % 2 == 0) {
+			b = fork();
+			CU_ASSERT_FATAL(b >= 0);
+			if (b == 0) {
+				struct q_hints *hb = NULL;
+				const char *n;
+
+				if (q_hints_open(dir, "smtp", &hb, &n, &err) != 0 ||
+				    q_hints_put(hb, Q_DB_SESSIONS, "b", 1, "x", 1,
+						&err) != 0) {
+					fprintf(stderr, "third process: %s\n", err);
+					_exit(1);
+				}
+				q_hints_close(&hb);
+				_exit(0);
+			}
+			CU_ASSERT_EQUAL(waitpid(b, &st, 0), b);
+			CU_ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+			CU_ASSERT_TRUE(get_eq(h, Q_DB_SESSIONS, "b", "x"));
+		}
+		/* the long-running handle: every call works, the dead
+		 * writer's record included */
+		snprintf(k, sizeof(k), "long%d", round);
+		if (q_hints_put(h, Q_DB_SESSIONS, "shared", 6, k, strlen(k),
+				&err) != 0)
+			fprintf(stderr, "long-running put: %s\n", err);
+		CU_ASSERT_TRUE(get_eq(h, Q_DB_SESSIONS, "shared", k));
+		memset(&v, 0, sizeof(v));
+		CU_ASSERT_EQUAL(q_hints_iter(h, Q_DB_RETRY, NULL, 0, verify_fn,
+					     &v, &err), 0);
+		CU_ASSERT_EQUAL(v.n, 30u * (round + 1));
+		CU_ASSERT_EQUAL(v.bad, 0);
+	}
+	q_hints_close(&h);
+	q_hints_tune(2000, 15);
+}
+
 /* Children killed at random points, also while opening or creating. */
 static void test_kill_early(void)
 {
@@ -945,7 +1035,6 @@ static void test_two_writers(void)
 /* A process stopped while it holds a record lock makes others fail after
  * a bounded wait, never hang; once it is killed, the next operation finds
  * its dead registry slot, reopens (which recovers) and goes on. */
-void q_hints_tune(unsigned wait_ms, unsigned timeouts);
 
 static int stop_inside(const void *old, size_t oldlen, struct q_buf *out,
 		       void *ctx)
@@ -1481,6 +1570,7 @@ void suite_hints(void)
 	CU_add_test(s, "unknown record version skipped", test_unknown_version);
 	CU_add_test(s, "writer killed with SIGKILL, reopen", test_kill_writer);
 	CU_add_test(s, "killed at random points", test_kill_early);
+	CU_add_test(s, "killed writer while another user stays", test_kill_while_open);
 	CU_add_test(s, "two writer processes", test_two_writers);
 	CU_add_test(s, "threads share a handle", test_threads);
 	CU_add_test(s, "a stopped lock holder, then killed", test_stopped_holder);
