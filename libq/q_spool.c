@@ -931,17 +931,28 @@ const char *q_spool_dir(const struct q_spool *spool)
 	return spool->dir;
 }
 
+static int count_one(const struct q_index_rec *r, void *ctx)
+{
+	(void)r;
+	(*(size_t *)ctx)++;
+	return 0;
+}
+
 int q_spool_hints(struct q_spool *s, struct q_hints **hints_r,
 		  const char **error_r)
 {
 	char path[PATH_MAX];
+	bool rebuild = false;
 
 	pthread_mutex_lock(&s->lazy_mu);
 	if (s->hints != NULL && s->hints_pid != getpid())
 		s->hints = NULL;   /* the parent's: not ours to close */
 	if (s->hints == NULL) {
+		const char *notice = NULL;
+		/* no index yet: a new spool, or db/ deleted (hints may be) */
+		bool fresh = faccessat(s->dfd, "db/index.db", F_OK, 0) != 0;
 		snprintf(path, sizeof(path), "%s/db", s->dir);
-		if (q_hints_open(path, "smtp", &s->hints, NULL, error_r) < 0) {
+		if (q_hints_open(path, "smtp", &s->hints, &notice, error_r) < 0) {
 			s->hints = NULL;
 			s->hints_failed = true;
 			pthread_mutex_unlock(&s->lazy_mu);
@@ -949,9 +960,31 @@ int q_spool_hints(struct q_spool *s, struct q_hints **hints_r,
 		}
 		s->hints_pid = getpid();
 		s->hints_failed = false;
+		/* a damaged environment moved aside and made anew: say so in
+		   the main log (the spool's own record of what happened) */
+		if (notice != NULL) {
+			q_log("hints: %s", notice);
+			rebuild = true;
+		} else if (fresh) {
+			rebuild = true;
+		}
 	}
 	*hints_r = s->hints;
 	pthread_mutex_unlock(&s->lazy_mu);
+	/* A new environment has an empty index: fill it from the spool now,
+	 * or counts and listings that trust it would say the queue is empty
+	 * (the spool is the truth; this is O(messages), once). */
+	if (rebuild) {
+		/* q_spool_list's cross-check adds what the index lacks without
+		 * truncating it, so concurrent first users of a new spool
+		 * cannot drop each other's entries */
+		size_t n = 0;
+		const char *rerr = NULL;
+		if (q_spool_list(s, count_one, &n, &rerr) < 0)
+			q_log("hints: index not rebuilt: %s", rerr);
+		else if (n > 0)
+			q_log("hints: index rebuilt from the spool: %zu messages", n);
+	}
 	return 0;
 }
 
