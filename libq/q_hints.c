@@ -48,11 +48,14 @@
  *    A lock wait lasts at most 2 s (DB_TIME_NOTGRANTED) and an operation
  *    waits at most 15 times: a process stopped with a lock held makes
  *    others fail with a text, never hang.
- *  - Killed processes: a watchdog thread per environment expires lock
- *    waits (Berkeley DB only checks timeouts when its detector runs); a
- *    timed-out wait that finds a dead slot in __db.register reopens,
- *    which recovers (DB_REGISTER) and frees the dead process's locks;
- *    the next opener of another process does the same.
+ *  - Killed processes: before every operation __db.register is checked
+ *    for a process that died with the environment open (one pread, one
+ *    fcntl(F_GETLK) per other process); if there is one we reopen first,
+ *    which recovers (DB_REGISTER) before Berkeley DB can block on a lock
+ *    or a mutex the dead process held, and makes the others reopen too.
+ *    A watchdog thread per environment expires lock waits (Berkeley DB
+ *    checks timeouts only when its detector runs), so a wait on a
+ *    process that dies (or stops) meanwhile ends too.
  *  - DB_RUNRECOVERY during an operation (another process ran recovery,
  *    or a page failed its checksum) closes and reopens the environment
  *    and retries; an update whose commit itself failed is not retried
@@ -76,12 +79,12 @@
  *    regions under them.  A forked child that keeps an inherited use-lock
  *    descriptor makes openers think the environment is in use (they then
  *    join its regions without checking the stamp).
- *  - A process killed inside a Berkeley DB mutex (a critical section of
- *    microseconds, not a lock) leaves the mutex held: a thread of another
- *    process that blocks on it stays blocked (Berkeley DB 5.3's mutexes
- *    are not robust), even after the next opener recovers.  Openers
- *    after the death are not affected.  failchk would not help: its
- *    thread table adds such a mutex to every call.
+ *  - A process killed inside a Berkeley DB mutex leaves it held (5.3's
+ *    mutexes are not robust): the check above catches that before the
+ *    next operation, but a thread already waiting for that very mutex
+ *    when its holder dies stays blocked (a window of microseconds).
+ *    failchk would not help: its thread table adds such a mutex to every
+ *    call.
  *  - q_hints_count is O(1) for btrees with record numbers (every database
  *    but wait) and O(pairs) for wait (a bulk walk, ~0.3 ms per 25,000).
  *  - q_hints_iter sees a key added or deleted by others during the walk
@@ -317,7 +320,7 @@ struct henv {
 	atomic_uint writes;
 	atomic_int panic;                  /* what the last panic event said */
 	pthread_mutex_t reg_lock;
-	int reg_fd;                        /* __db.register, see register_has_dead */
+	int reg_fd;                        /* __db.register, see peer_died */
 	pthread_t watch;                   /* the watchdog thread */
 	bool watch_on, watch_stop, watch_lost;
 	pthread_mutex_t watch_mx;
@@ -383,16 +386,25 @@ static int open_one_db(struct henv *e, struct hdb *d)
  * returns DB_RUNRECOVERY before freeing anything), and touching the
  * panicked regions to force it would risk writing stale pages. Such
  * handles are kept here, reachable, for the life of the process: a few
- * dozen KB per panic, and panics are rare (a process dying mid-write, a
- * damaged page). Beyond the table they are simply dropped. */
+ * dozen KB per panic, and panics are rare (a process dying with the
+ * environment open, a damaged page). Beyond 4096 they are dropped. */
 static pthread_mutex_t grave_lock = PTHREAD_MUTEX_INITIALIZER;
-static DB *grave[64];
-static size_t grave_n;
+static DB **grave;
+static size_t grave_n, grave_cap;
 
 static void grave_keep(DB *db)
 {
 	pthread_mutex_lock(&grave_lock);
-	if (grave_n < sizeof(grave) / sizeof(*grave))
+	if (grave_n == grave_cap && grave_cap < 4096) {
+		size_t ncap = grave_cap ? grave_cap * 2 : 32;
+		DB **nv = realloc(grave, ncap * sizeof(*nv));
+
+		if (nv != NULL) {
+			grave = nv;
+			grave_cap = ncap;
+		}
+	}
+	if (grave_n < grave_cap)
 		grave[grave_n++] = db;
 	pthread_mutex_unlock(&grave_lock);
 }
@@ -695,19 +707,24 @@ static void register_scrub(const char *dir)
 	close(fd);
 }
 
-/* Does __db.register name a process that died holding the environment
- * (a non-empty slot nobody holds a lock on)? Its locks then stay in the
- * lock table until someone recovers: our reopen does (DB_REGISTER). */
-static bool register_has_dead(struct henv *e)
+/* Has a process died while it had the environment open (a non-empty
+ * slot of __db.register that nobody holds a lock on)? It may have died
+ * holding a lock, or worse a Berkeley DB mutex (which is not robust: the
+ * next caller to want it would block for ever). Asked before every
+ * operation; a yes makes us reopen first, which recovers (DB_REGISTER)
+ * and makes every other user reopen too. Costs one pread and one fcntl
+ * per other live process. Caller holds e->lock (any mode). */
+static bool peer_died(struct henv *e)
 {
-	char path[PATH_MAX], line[26], mine[32];
+	char path[PATH_MAX], buf[4096], mine[32];
+	struct stat st;
+	ssize_t n;
 	off_t off;
-	bool dead = false;
 	int fd;
 
-	/* Never close this descriptor while the environment is open: closing
-	 * any descriptor of a file drops all of the process's fcntl locks on
-	 * it, Berkeley DB's registry slot lock included. */
+	/* Never closed while the environment is open: closing any descriptor
+	 * of a file drops all of the process's fcntl locks on it, Berkeley
+	 * DB's registry slot lock included. */
 	pthread_mutex_lock(&e->reg_lock);
 	if (e->reg_fd < 0) {
 		snprintf(path, sizeof(path), "%s/__db.register", e->dir);
@@ -715,21 +732,28 @@ static bool register_has_dead(struct henv *e)
 	}
 	fd = e->reg_fd;
 	pthread_mutex_unlock(&e->reg_lock);
-	if (fd < 0)
+	if (fd < 0 || fstat(fd, &st) < 0)
 		return false;
 	snprintf(mine, sizeof(mine), "%24lu\n", (unsigned long)getpid());
-	for (off = 0; !dead && off < (1 << 20); off += 25) {
-		struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET,
-				    .l_start = off, .l_len = 1 };
+	for (off = 0; off < st.st_size && off < (1 << 20); off += n) {
+		ssize_t i;
 
-		if (pread(fd, line, 25, off) != 25)
+		n = pread(fd, buf, sizeof(buf) - sizeof(buf) % 25, off);
+		if (n < 25)
 			break;
-		if (line[0] == 'X' || memcmp(line, mine, 25) == 0)
-			continue;
-		if (fcntl(fd, F_GETLK, &fl) == 0 && fl.l_type == F_UNLCK)
-			dead = true;
+		n -= n % 25;
+		for (i = 0; i < n; i += 25) {
+			struct flock fl = { .l_type = F_WRLCK,
+					    .l_whence = SEEK_SET,
+					    .l_start = off + i, .l_len = 1 };
+
+			if (buf[i] == 'X' || memcmp(buf + i, mine, 25) == 0)
+				continue;
+			if (fcntl(fd, F_GETLK, &fl) == 0 && fl.l_type == F_UNLCK)
+				return true;
+		}
 	}
-	return dead;
+	return false;
 }
 
 /* The watchdog: a thread per open environment that, every half lock
@@ -810,6 +834,16 @@ static bool watchdog_stop(struct henv *e)
 	}
 	e->watch_on = false;
 	return !e->watch_lost;
+}
+
+static bool peer_died_now(struct henv *e)
+{
+	bool dead;
+
+	pthread_rwlock_rdlock(&e->lock);
+	dead = e->env != NULL && peer_died(e);
+	pthread_rwlock_unlock(&e->lock);
+	return dead;
 }
 
 /* Take the use lock; when alone, throw the old regions away. Then open
@@ -1073,10 +1107,13 @@ static int env_restart_locked(struct henv *e, const char *corrupt,
 }
 
 /* Reopen after a panic. gen: what the caller saw (another thread may
- * have reopened already). Returns 0, 1 when the directory was moved
- * aside (the notice is the error text), or -1. */
+ * have reopened already). poison: a process died with the environment
+ * open and may hold a mutex; panic the environment first, so that
+ * closing our handles touches no mutex (and every other user reopens;
+ * our reopen recovers). Returns 0, 1 when the directory was moved aside
+ * (the notice is the error text), or -1. */
 static int env_restart(struct henv *e, unsigned gen, const char *corrupt,
-		       const char **error_r)
+		       bool poison, const char **error_r)
 {
 	char *notice = NULL;
 	int ret;
@@ -1086,6 +1123,8 @@ static int env_restart(struct henv *e, unsigned gen, const char *corrupt,
 		pthread_rwlock_unlock(&e->lock);
 		return 0;
 	}
+	if (poison && e->env != NULL)
+		(void)e->env->set_flags(e->env, DB_PANIC_ENVIRONMENT, 1);
 	ret = env_restart_locked(e, corrupt, &notice, error_r);
 	pthread_rwlock_unlock(&e->lock);
 	if (ret == 0 && notice != NULL) {
@@ -1354,6 +1393,14 @@ static int hints_run(struct q_hints *h, enum q_db which, const char *what,
 		else
 			pthread_rwlock_rdlock(&e->lock);
 		gen = e->gen;
+		if (e->env != NULL && reopens < Q_HINTS_REOPENS && peer_died(e)) {
+			/* before Berkeley DB can block on what it left */
+			pthread_rwlock_unlock(&e->lock);
+			reopens++;
+			if (env_restart(e, gen, NULL, true, error_r) != 0)
+				return -1;
+			continue;
+		}
 		if (e->env == NULL || d->db == NULL) {
 			rc = HINTS_NOT_OPEN;
 		} else {
@@ -1369,14 +1416,6 @@ static int hints_run(struct q_hints *h, enum q_db which, const char *what,
 			}
 		}
 		pthread_rwlock_unlock(&e->lock);
-		if (rc == DB_LOCK_NOTGRANTED && reopens < Q_HINTS_REOPENS &&
-		    register_has_dead(e)) {
-			/* A dead process's locks: recover by reopening. */
-			reopens++;
-			if (env_restart(e, gen, NULL, error_r) != 0)
-				return -1;
-			continue;
-		}
 		if (rc == DB_LOCK_NOTGRANTED && ++timeouts >= lock_timeouts)
 			return q_err(error_r, "hints %s: %s: a lock has been held "
 				     "for %u ms (a stopped process?)", d->name,
@@ -1400,17 +1439,22 @@ static int hints_run(struct q_hints *h, enum q_db which, const char *what,
 			const char *corrupt = NULL;
 			int r;
 
-			/* The same failure right after a reopen, and not
-			 * because someone else ran recovery: damage. */
+			/* A page-level failure right after a reopen, and no
+			 * process died meanwhile: damage. (A plain panic is
+			 * also what another process's recovery, or its
+			 * reaction to a dead process, looks like: reopen.) */
 			if (reopens > 0 && rc != HINTS_NOT_OPEN &&
-			    panic != PANIC_REGISTER) {
+			    panic != PANIC_REGISTER &&
+			    (rc != DB_RUNRECOVERY ||
+			     strstr(db_msg, "checksum") != NULL) &&
+			    !peer_died_now(e)) {
 				snprintf(reason, sizeof(reason), "%s%s%s%s",
 					 rc_text(rc), db_msg[0] ? " (" : "",
 					 db_msg, db_msg[0] ? ")" : "");
 				corrupt = reason;
 			}
 			reopens++;
-			r = env_restart(e, gen, corrupt, error_r);
+			r = env_restart(e, gen, corrupt, false, error_r);
 			if (r < 0)
 				return -1;
 			if (r == 1)
