@@ -1256,7 +1256,9 @@ static enum send_result job_send(struct worker *w, struct dest *d,
 	for (size_t k = 0; k < n; k++)
 		if (codes[k] != 0)
 			none = false;
-	bool broken = ret < 0 && !q_smtp_usable(cs->c);
+	/* a 421 ends the connection even when it answers the final dot
+	 * (the call then returns 0): the host's failure all the same */
+	bool broken = !q_smtp_usable(cs->c) && (ret < 0 || e.code == 421);
 	const char *state = q_smtp_state(cs->c);
 	bool before_dot = strcmp(state, "dot") != 0;
 	/* A connection reused for this message that the server closed (or

@@ -1670,6 +1670,14 @@ int q_smtp_send(struct q_smtp_conn *c, bool rset, const char *sender,
 			c->dirty = false;
 			set_state(c, "mail");
 		} else if (k == first) {                  /* MAIL */
+			if (c->reply.code < 400 && !code2(c->reply.code)) {
+				/* a 3xx to MAIL: the replies are out of step
+				 * with the commands; nothing can be trusted */
+				c->broken = true;
+				eset(e, "protocol", 0, 0, false, "unexpected reply to MAIL FROM: %d %s",
+				     c->reply.code, c->reply.text);
+				goto fail;
+			}
 			if (!code2(c->reply.code)) {
 				mail_failed = true;
 				stop = true;
@@ -1687,6 +1695,16 @@ int q_smtp_send(struct q_smtp_conn *c, bool rset, const char *sender,
 
 			if (mail_failed)
 				continue;
+			if (c->reply.code < 400 && !code2(c->reply.code)) {
+				/* a 354 (or any 3xx) to RCPT: replies out of
+				 * step (a server answering pipelined commands
+				 * in the wrong order); never take a later
+				 * reply for another command's */
+				c->broken = true;
+				eset(e, "protocol", 0, 0, false, "unexpected reply to RCPT TO: %d %s",
+				     c->reply.code, c->reply.text);
+				goto fail;
+			}
 			if (c->reply.code == 421) {
 				ereply(c, e, "rcpt_4xx", false,
 				       "RCPT TO refused");
@@ -1717,6 +1735,15 @@ int q_smtp_send(struct q_smtp_conn *c, bool rset, const char *sender,
 					goto fail;
 				rc = 0;
 				goto out;
+			}
+			if (c->reply.code < 400 && c->reply.code != 354) {
+				/* a 2xx (or other 3xx) to DATA is not an
+				 * acceptance of the message: no data was sent.
+				 * Out of step replies; defer everything. */
+				c->broken = true;
+				eset(e, "protocol", 0, 0, false, "unexpected reply to DATA (354 expected): %d %s",
+				     c->reply.code, c->reply.text);
+				goto fail;
 			}
 			if (c->reply.code != 354) {
 				if (mail_failed)
