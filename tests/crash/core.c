@@ -1801,7 +1801,7 @@ static void part_hints_kills(const struct cr_opts *o, struct cr_res *r)
 	}
 	cr_snpr(out, sizeof(out), "%s/qhints.out", e.dir);
 	for (int i = 0; i < o->hints_kills; i++) {
-		int c = i % 2, k, delay = cr_randn(&rs, ms[c] * 13 / 10 + 2);
+		int c = i % 2, k, delay = cr_randn(&rs, ms[c] + 2);
 		const char *argv[] = { t_bin("qhints"), "-C", e.conf,
 				       c ? "tidy" : "rebuild", NULL };
 
