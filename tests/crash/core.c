@@ -47,6 +47,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <openssl/evp.h>
+#include <sched.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdarg.h>
@@ -1895,8 +1896,26 @@ struct fullfs {
 	const char *env[3];
 };
 
+/* The mounts are made in a mount namespace of this process's own
+ * (unshare; once per process), so that a test killed half-way leaves no
+ * mount behind: the namespace goes with the last process in it, and the
+ * programs under test, spawned from here, are in it too. Where unshare
+ * is refused (a threaded process, no CAP_SYS_ADMIN) the mounts are made
+ * as they are and unmounted at the end. */
+static void fs_private_ns(void)
+{
+	static int done;
+
+	if (done++)
+		return;
+	if (unshare(CLONE_NEWNS) == 0 &&
+	    mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+		cr_say("  mount --make-rprivate /: %s", strerror(errno));
+}
+
 static int fs_mount(struct fullfs *f, const char *dir)
 {
+	fs_private_ns();
 	cr_snpr(f->mnt, sizeof(f->mnt), "%s/mnt", dir);
 	cr_snpr(f->filler, sizeof(f->filler), "%s/filler", f->mnt);
 	if (mkdir(f->mnt, 0700) < 0)
