@@ -21,6 +21,7 @@
 #include "q/hints.h"
 
 #include <errno.h>
+#include <getopt.h>
 #include <langinfo.h>
 #include <locale.h>
 #include <stdarg.h>
@@ -110,8 +111,32 @@ int cli_end(int code)
 /* ------------------------------------------------------------------ */
 /* start-up */
 
+static void (*cli_usage_fn)(FILE *);
+
+int cli_sub_getopt(int argc, char **argv, const char *shortopts,
+		   const struct option *longopts)
+{
+	int c;
+
+	opterr = 0;
+	c = getopt_long(argc, argv, shortopts, longopts, NULL);
+	if (c == '?') {
+		if (optopt != 0 && strchr(shortopts, optopt) != NULL)
+			cli_usage_error("%s: option -%c needs a value", argv[0], optopt);
+		if (optopt != 0)
+			cli_usage_error("%s: unknown option -%c", argv[0], optopt);
+		cli_usage_error("%s: unknown option %s", argv[0], argv[optind - 1]);
+	}
+	if (c == 'h') {
+		cli_usage_fn(stdout);
+		exit(cli_end(EX_OK));
+	}
+	return c;
+}
+
 int cli_start(const char *prog, int argc, char **argv, void (*usage)(FILE *))
 {
+	cli_usage_fn = usage;
 	const char *cs;
 	int i;
 

@@ -45,6 +45,14 @@ extern struct cli cli;
  * and exits 0; a bad option exits 64. */
 int cli_start(const char *prog, int argc, char **argv, void (*usage)(FILE *));
 
+/* getopt_long over a subcommand's argv (argv[0] is the command name),
+ * opterr off: returns the option, -1 at the end; a missing value or an
+ * unknown option exits 64 naming the command; 'h' (give it as an option
+ * to mean --help) prints the program's usage and exits 0. */
+struct option;
+int cli_sub_getopt(int argc, char **argv, const char *shortopts,
+		   const struct option *longopts);
+
 /* Load the configuration once (-C, $QKIT_CONFIG, SYSCONFDIR/qkit.conf,
  * defaults). On an error prints "PROG: FILE:LINE: what" and exits 78. */
 struct q_conf *cli_conf(void);

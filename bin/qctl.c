@@ -91,28 +91,6 @@ static void usage(FILE *f)
 /* ------------------------------------------------------------------ */
 /* option parsing for subcommands */
 
-/* getopt_long over a subcommand's argv (argv[0] is the command name).
- * Returns the option, -1 at the end; usage errors exit 64. */
-static int sub_getopt(int argc, char **argv, const char *shortopts,
-		      const struct option *longopts)
-{
-	int c;
-
-	opterr = 0;
-	c = getopt_long(argc, argv, shortopts, longopts, NULL);
-	if (c == '?') {
-		if (optopt != 0 && strchr(shortopts, optopt) != NULL)
-			cli_usage_error("%s: option -%c needs a value", argv[0], optopt);
-		if (optopt != 0)
-			cli_usage_error("%s: unknown option -%c", argv[0], optopt);
-		cli_usage_error("%s: unknown option %s", argv[0], argv[optind - 1]);
-	}
-	if (c == 'h') {
-		usage(stdout);
-		exit(cli_end(EX_OK));
-	}
-	return c;
-}
 
 /* "<addr>" -> "addr" (in place; the command line's copy) */
 static char *strip_brackets(char *s)
@@ -185,7 +163,7 @@ static int cmd_submit(int argc, char **argv)
 	struct q_newmsg m;
 	int c;
 
-	while ((c = sub_getopt(argc, argv, "f:th", lo)) != -1) {
+	while ((c = cli_sub_getopt(argc, argv, "f:th", lo)) != -1) {
 		switch (c) {
 		case 'f': sender = strip_brackets(optarg); break;
 		case 't': extract = true; break;
@@ -462,7 +440,7 @@ static int cmd_list(int argc, char **argv)
 	memset(&lc, 0, sizeof(lc));
 	lc.older = lc.younger = -1;
 	lc.frozen = -1;
-	while ((c = sub_getopt(argc, argv, "f:r:o:y:zxcih", lo)) != -1) {
+	while ((c = cli_sub_getopt(argc, argv, "f:r:o:y:zxcih", lo)) != -1) {
 		switch (c) {
 		case 'f':
 			if (lc.has_f)
@@ -741,7 +719,7 @@ static int cmd_show(int argc, char **argv)
 	int c, what = 0, rc;
 	bool have_ir = false;
 
-	while ((c = sub_getopt(argc, argv, "h", lo)) != -1) {
+	while ((c = cli_sub_getopt(argc, argv, "h", lo)) != -1) {
 		if (what != 0 && what != c)
 			cli_usage_error("show: --headers, --body, --log and --json "
 					"exclude each other");
@@ -797,7 +775,7 @@ static int cmd_msgop(int argc, char **argv, enum msg_op op)
 	bool logging;
 	int c, i;
 
-	while ((c = sub_getopt(argc, argv, "h", lo)) != -1)
+	while ((c = cli_sub_getopt(argc, argv, "h", lo)) != -1)
 		;
 	if (optind == argc)
 		cli_usage_error("%s: give one or more message ids", argv[0]);
@@ -1022,7 +1000,7 @@ static int cmd_retry(int argc, char **argv)
 	if (argc >= 2 && strcmp(argv[1], "clear") == 0)
 		return cmd_retry_clear(argc - 1, argv + 1);
 	memset(&rc, 0, sizeof(rc));
-	while ((c = sub_getopt(argc, argv, "h", lo)) != -1)
+	while ((c = cli_sub_getopt(argc, argv, "h", lo)) != -1)
 		if (c == 'J')
 			rc.json = true;
 	if (optind < argc) {
@@ -1234,7 +1212,7 @@ static int cmd_stats(int argc, char **argv)
 	int c, w = 20, rc = EX_OK;
 	size_t i, k;
 
-	while ((c = sub_getopt(argc, argv, "h", lo)) != -1)
+	while ((c = cli_sub_getopt(argc, argv, "h", lo)) != -1)
 		if (c == 'J')
 			json = true;
 	if (optind < argc)
@@ -1368,7 +1346,7 @@ static int cmd_sessions(int argc, char **argv)
 	const char *err = NULL;
 	int c, rc = EX_OK;
 
-	while ((c = sub_getopt(argc, argv, "h", lo)) != -1)
+	while ((c = cli_sub_getopt(argc, argv, "h", lo)) != -1)
 		if (c == 'J')
 			sc.json = true;
 	if (optind < argc)
@@ -1407,7 +1385,7 @@ static int cmd_flush(int argc, char **argv)
 	int c;
 
 	memset(&o, 0, sizeof(o));
-	while ((c = sub_getopt(argc, argv, "hvR:P:", lo)) != -1) {
+	while ((c = cli_sub_getopt(argc, argv, "hvR:P:", lo)) != -1) {
 		switch (c) {
 		case 'J': json = true; break;
 		case 'v': verbose = true; break;
@@ -1482,7 +1460,7 @@ static int cmd_config(int argc, char **argv)
 	struct q_conf *conf;
 	int c;
 
-	while ((c = sub_getopt(argc, argv, "h", lo)) != -1)
+	while ((c = cli_sub_getopt(argc, argv, "h", lo)) != -1)
 		;
 	if (optind < argc)
 		cli_usage_error("config: unexpected argument '%s'", argv[optind]);

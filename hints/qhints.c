@@ -67,26 +67,6 @@ static void usage(FILE *f)
 "78 configuration error.\n", f);
 }
 
-static int sub_getopt(int argc, char **argv, const char *shortopts,
-		      const struct option *longopts)
-{
-	int c;
-
-	opterr = 0;
-	c = getopt_long(argc, argv, shortopts, longopts, NULL);
-	if (c == '?') {
-		if (optopt != 0 && strchr(shortopts, optopt) != NULL)
-			cli_usage_error("%s: option -%c needs a value", argv[0], optopt);
-		if (optopt != 0)
-			cli_usage_error("%s: unknown option -%c", argv[0], optopt);
-		cli_usage_error("%s: unknown option %s", argv[0], argv[optind - 1]);
-	}
-	if (c == 'h') {
-		usage(stdout);
-		exit(cli_end(EX_OK));
-	}
-	return c;
-}
 
 static void no_more_args(int argc, char **argv)
 {
@@ -382,7 +362,7 @@ static int cmd_dump(int argc, char **argv)
 	int c, rc = EX_OK;
 
 	memset(&dc, 0, sizeof(dc));
-	while ((c = sub_getopt(argc, argv, "h", lo)) != -1)
+	while ((c = cli_sub_getopt(argc, argv, "h", lo)) != -1)
 		if (c == 'J')
 			dc.json = true;
 	if (optind + 1 != argc)
@@ -607,7 +587,7 @@ static int cmd_tidy(int argc, char **argv)
 
 	memset(&tc, 0, sizeof(tc));
 	tc.max_age = 30 * 86400;
-	while ((c = sub_getopt(argc, argv, "t:h", lo)) != -1)
+	while ((c = cli_sub_getopt(argc, argv, "t:h", lo)) != -1)
 		if (c == 't')
 			tc.max_age = cli_time_arg("-t", optarg);
 	no_more_args(argc, argv);
@@ -652,7 +632,7 @@ static int cmd_delete(int argc, char **argv)
 	const char *name;
 	int c, i;
 
-	while ((c = sub_getopt(argc, argv, "h", lo)) != -1)
+	while ((c = cli_sub_getopt(argc, argv, "h", lo)) != -1)
 		;
 	if (argc - optind < 2)
 		cli_usage_error("delete: give a database and one or more keys");
@@ -773,7 +753,7 @@ static int cmd_rebuild(int argc, char **argv)
 	size_t n = 0;
 	int c, rc = EX_OK;
 
-	while ((c = sub_getopt(argc, argv, "h", lo)) != -1)
+	while ((c = cli_sub_getopt(argc, argv, "h", lo)) != -1)
 		;
 	no_more_args(argc, argv);
 	cli_hints();
@@ -824,7 +804,7 @@ static int cmd_reboot(int argc, char **argv)
 	size_t ns = 0, nss = 0;
 	int c, rc = EX_OK;
 
-	while ((c = sub_getopt(argc, argv, "h", lo)) != -1)
+	while ((c = cli_sub_getopt(argc, argv, "h", lo)) != -1)
 		;
 	no_more_args(argc, argv);
 	if (q_boot_id(boot, sizeof(boot), &err) < 0)
