@@ -734,7 +734,7 @@ static bool peer_died(struct henv *e)
 	pthread_mutex_unlock(&e->reg_lock);
 	if (fd < 0 || fstat(fd, &st) < 0)
 		return false;
-	snprintf(mine, sizeof(mine), "%24lu\n", (unsigned long)getpid());
+	snprintf(mine, sizeof(mine), "%24lu\n", (unsigned long)e->pid);
 	for (off = 0; off < st.st_size && off < (1 << 20); off += n) {
 		ssize_t i;
 
@@ -1590,6 +1590,83 @@ int q_hints_del(struct q_hints *h, enum q_db db, const void *key,
 	if (key_too_big(klen))
 		return q_err(error_r, "hints: bad key length %zu", klen);
 	return hints_run(h, db, "delete", key, klen, RUN_WRITE, op_del, &a, error_r);
+}
+
+/* ---- batches ---- */
+
+struct batch_arg {
+	const struct q_hints_item *it;
+	size_t n;
+};
+
+static int op_batch(struct op *op, void *varg)
+{
+	struct batch_arg *a = varg;
+	DB_TXN *txn;
+	DBC *c = NULL;
+	size_t i;
+	int rc;
+
+	if ((rc = op->env->txn_begin(op->env, NULL, &txn, 0)) != 0)
+		return rc;
+	for (i = 0; i < a->n && rc == 0; i++) {
+		const struct q_hints_item *it = &a->it[i];
+		DBT k, v;
+
+		dbt_in(&k, it->key, it->klen);
+		dbt_in(&v, it->val, it->vlen);
+		if (it->op == Q_HINTS_BPUT) {
+			rc = op->db->put(op->db, txn, &k, &v,
+					 op->dup ? DB_NODUPDATA : 0);
+			if (rc == DB_KEYEXIST)
+				rc = 0;
+		} else if (op->dup && it->val != NULL) {
+			if (c == NULL &&
+			    (rc = op->db->cursor(op->db, txn, &c, 0)) != 0)
+				break;
+			rc = c->get(c, &k, &v, DB_GET_BOTH | DB_RMW);
+			if (rc == 0)
+				rc = c->del(c, 0);
+			if (rc == DB_NOTFOUND)
+				rc = 0;
+		} else {
+			rc = op->db->del(op->db, txn, &k, 0);
+			if (rc == DB_NOTFOUND)
+				rc = 0;
+		}
+	}
+	if (c != NULL) {
+		int rc2 = c->close(c);
+
+		if (rc == 0)
+			rc = rc2;
+	}
+	if (rc != 0) {
+		(void)txn->abort(txn);
+		return rc;
+	}
+	return txn->commit(txn, 0);
+}
+
+int q_hints_batch(struct q_hints *h, enum q_db db,
+		  const struct q_hints_item *items, size_t n,
+		  const char **error_r)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (key_too_big(items[i].klen) || items[i].vlen > UINT32_MAX / 2 ||
+		    (items[i].op != Q_HINTS_BPUT && items[i].op != Q_HINTS_BDEL))
+			return q_err(error_r, "hints: bad batch item %zu", i);
+	for (i = 0; i < n; i += Q_HINTS_BATCH_MAX) {
+		struct batch_arg a = { items + i, n - i < Q_HINTS_BATCH_MAX ?
+				       n - i : Q_HINTS_BATCH_MAX };
+
+		if (hints_run(h, db, "batch", items[i].key, items[i].klen,
+			      RUN_WRITE, op_batch, &a, error_r) < 0)
+			return -1;
+	}
+	return 0;
 }
 
 /* ---- update ---- */

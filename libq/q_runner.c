@@ -568,16 +568,35 @@ static int plan_msg(struct run *r, const struct cand *c)
  * runs (and qtop) see which messages wait for which host. */
 static void plan_wait_hints(struct run *r)
 {
+	struct q_hints_item *it = NULL;
+	size_t cap = 0;
+
 	for (struct dest *d = r->dests; d; d = d->next) {
 		if (d->route_status || d->hosts.n == 0)
 			continue;
 		const char *host = d->hosts.h[0].name;
-		for (struct job *j = d->head; j; j = j->next)
-			(void)q_wait_add(r->hints, host, j->m->id, NULL);
+		size_t n = 0;
+		for (struct job *j = d->head; j; j = j->next) {
+			if (n == cap) {
+				size_t nc = cap ? cap * 2 : 256;
+				struct q_hints_item *v = realloc(it, nc * sizeof(*v));
+				if (v == NULL)
+					break;
+				it = v;
+				cap = nc;
+			}
+			it[n++] = (struct q_hints_item){ Q_HINTS_BPUT, host,
+				j->m->id, strlen(host), strlen(j->m->id) };
+		}
+		/* one transaction per Q_HINTS_BATCH_MAX pairs, not per pair */
+		(void)q_hints_batch(r->hints, Q_DB_WAIT, it, n, NULL);
 	}
+	free(it);
 }
 
 /* ---- phase 2: delivering ---- */
+
+#define WDEL_MAX 64
 
 struct worker {
 	struct run *r;
@@ -587,7 +606,29 @@ struct worker {
 	bool sess_live;
 	bool sess_dirty;        /* changed, not written yet (throttled) */
 	long long sess_put_ms;  /* when the record was last written */
+	/* wait-list pairs of jobs tried, deleted in one transaction */
+	struct q_hints_item wdel[WDEL_MAX];
+	char wid[WDEL_MAX][Q_ID_LEN + 1];
+	size_t nwdel;
 };
+
+static void wdel_flush(struct worker *w)
+{
+	if (w->nwdel > 0)
+		(void)q_hints_batch(w->r->hints, Q_DB_WAIT, w->wdel, w->nwdel, NULL);
+	w->nwdel = 0;
+}
+
+/* The job was tried at the host: it no longer waits for it. */
+static void wdel_add(struct worker *w, const char *host, const char *id)
+{
+	if (w->nwdel == WDEL_MAX)
+		wdel_flush(w);
+	snprintf(w->wid[w->nwdel], sizeof(w->wid[0]), "%s", id);
+	w->wdel[w->nwdel] = (struct q_hints_item){ Q_HINTS_BDEL, host,
+		w->wid[w->nwdel], strlen(host), strlen(w->wid[w->nwdel]) };
+	w->nwdel++;
+}
 
 static long long mono_ms(void)
 {
@@ -1428,7 +1469,7 @@ static void serve(struct worker *w, struct dest *d)
 			continue;
 		}
 		if (d->hosts.n > 0)
-			(void)q_wait_del(r->hints, d->hosts.h[0].name, j->m->id, NULL);
+			wdel_add(w, d->hosts.h[0].name, j->m->id);
 		job_end(r, j);
 		sent++;
 		if (!proven && q_smtp_usable(cs.c)) {
@@ -1446,6 +1487,7 @@ static void serve(struct worker *w, struct dest *d)
 			conn_close(w, &cs);
 	}
 	conn_close(w, &cs);
+	wdel_flush(w);
 }
 
 /* Pick the next destination to serve. Primary destinations first; the

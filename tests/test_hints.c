@@ -635,6 +635,67 @@ static void test_wait_many(void)
 	q_hints_close(&h);
 }
 
+/* Batches: many puts and deletes per transaction, cut at
+ * Q_HINTS_BATCH_MAX; absent keys and pairs are no error. */
+static void test_batch(void)
+{
+	char *dir = db_dir();
+	struct q_hints *h = open_ok(dir);
+	const char *err;
+	size_t total = 3 * Q_HINTS_BATCH_MAX + 7, i;
+	struct q_hints_item *it = calloc(total + 2, sizeof(*it));
+	char (*ids)[24] = calloc(total, sizeof(*ids));
+	char **got = NULL;
+	size_t n = 0;
+	struct q_buf v = { 0 };
+
+	CU_ASSERT_FATAL(it != NULL && ids != NULL);
+	for (i = 0; i < total; i++) {
+		snprintf(ids[i], sizeof(ids[i]), "id%06zu", i);
+		it[i] = (struct q_hints_item){ Q_HINTS_BPUT, i % 2 ? "mx2" : "mx1",
+					       ids[i], 3, strlen(ids[i]) };
+	}
+	CU_ASSERT_EQUAL(q_hints_batch(h, Q_DB_WAIT, it, total, &err), 0);
+	CU_ASSERT_EQUAL(count(h, Q_DB_WAIT), total);
+	/* again: pairs are not doubled */
+	CU_ASSERT_EQUAL(q_hints_batch(h, Q_DB_WAIT, it, total, &err), 0);
+	CU_ASSERT_EQUAL(count(h, Q_DB_WAIT), total);
+	/* delete every mx1 pair and one that is not there */
+	n = 0;
+	for (i = 0; i < total; i += 2)
+		it[n++] = (struct q_hints_item){ Q_HINTS_BDEL, "mx1", ids[i], 3,
+						 strlen(ids[i]) };
+	it[n++] = (struct q_hints_item){ Q_HINTS_BDEL, "mx1", "nothere", 3, 7 };
+	CU_ASSERT_EQUAL(q_hints_batch(h, Q_DB_WAIT, it, n, &err), 0);
+	n = 0;
+	CU_ASSERT_EQUAL(q_wait_list(h, "mx1", 0, &got, &n, &err), 0);
+	CU_ASSERT_EQUAL(n, 0);
+	q_strv_free(&got, n);
+	n = 0;
+	CU_ASSERT_EQUAL(q_wait_list(h, "mx2", 0, &got, &n, &err), 0);
+	CU_ASSERT_EQUAL(n, total / 2);
+	q_strv_free(&got, n);
+	/* plain database: put, replace, delete, delete of an absent key */
+	it[0] = (struct q_hints_item){ Q_HINTS_BPUT, "k1", "a", 2, 1 };
+	it[1] = (struct q_hints_item){ Q_HINTS_BPUT, "k1", "bb", 2, 2 };
+	it[2] = (struct q_hints_item){ Q_HINTS_BPUT, "k2", "c", 2, 1 };
+	it[3] = (struct q_hints_item){ Q_HINTS_BDEL, "k2", NULL, 2, 0 };
+	it[4] = (struct q_hints_item){ Q_HINTS_BDEL, "k3", NULL, 2, 0 };
+	CU_ASSERT_EQUAL(q_hints_batch(h, Q_DB_RETRY, it, 5, &err), 0);
+	CU_ASSERT_EQUAL(q_hints_get(h, Q_DB_RETRY, "k1", 2, &v, &err), 0);
+	CU_ASSERT(v.len == 2 && memcmp(v.data, "bb", 2) == 0);
+	CU_ASSERT_EQUAL(q_hints_get(h, Q_DB_RETRY, "k2", 2, &v, &err), Q_NOTFOUND);
+	/* a bad item: nothing is done */
+	it[0] = (struct q_hints_item){ Q_HINTS_BPUT, "k4", "x", 2, 1 };
+	it[1] = (struct q_hints_item){ (enum q_hints_bop)7, "k5", "x", 2, 1 };
+	CU_ASSERT_EQUAL(q_hints_batch(h, Q_DB_RETRY, it, 2, &err), -1);
+	CU_ASSERT_EQUAL(q_hints_get(h, Q_DB_RETRY, "k4", 2, &v, &err), Q_NOTFOUND);
+	q_buf_free(&v);
+	free(it);
+	free(ids);
+	q_hints_close(&h);
+}
+
 /* ---- record codec ---- */
 
 static void test_rec_codec(void)
@@ -1592,6 +1653,7 @@ void suite_hints(void)
 	CU_add_test(s, "iter over values larger than a chunk", test_iter_big_values);
 	CU_add_test(s, "wait lists", test_wait);
 	CU_add_test(s, "wait: many ids under one host", test_wait_many);
+	CU_add_test(s, "batch: puts and deletes in few transactions", test_batch);
 	CU_add_test(s, "record codec", test_rec_codec);
 	CU_add_test(s, "unknown record version skipped", test_unknown_version);
 	CU_add_test(s, "writer killed with SIGKILL, reopen", test_kill_writer);

@@ -60,6 +60,23 @@ Q_API int q_hints_put(struct q_hints *h, enum q_db db, const void *key,
 Q_API int q_hints_del(struct q_hints *h, enum q_db db, const void *key,
 		      size_t klen, const char **error_r);
 
+/* Several puts and deletes on one database in one transaction (one log
+ * write instead of one per record; a deadlock retries the whole batch).
+ * A put of a key that is there replaces it (for Q_DB_WAIT: adds the pair
+ * unless present); a delete of a key or, for Q_DB_WAIT with val set, of
+ * the (key, val) pair that is not there is not an error. Batches are cut
+ * into transactions of Q_HINTS_BATCH_MAX items. 0 or -1. */
+enum q_hints_bop { Q_HINTS_BPUT, Q_HINTS_BDEL };
+struct q_hints_item {
+	enum q_hints_bop op;
+	const void *key, *val;
+	size_t klen, vlen;
+};
+#define Q_HINTS_BATCH_MAX 256
+Q_API int q_hints_batch(struct q_hints *h, enum q_db db,
+			const struct q_hints_item *items, size_t n,
+			const char **error_r);
+
 /* Read-modify-write in one transaction. fn gets the current value (NULL,
  * 0 when absent) and returns Q_HINTS_KEEP, Q_HINTS_PUT (with the new
  * value in *out) or Q_HINTS_DELETE, or -1 to abort (q_hints_update then
