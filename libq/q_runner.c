@@ -50,6 +50,7 @@
 #include "q/smtp.h"
 #include "q/log.h"
 #include "q/addr.h"
+#include "q_spool-private.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -810,11 +811,12 @@ static int job_begin(struct run *r, struct job *j)
 
 /* Note a recipient's result (m->mu held). */
 static void note_result_n(struct run *r, struct mstate *m, size_t idx, char state,
-			  int code, const char *host, const char *text, bool count)
+			  int code, const char *host, const char *text, bool count,
+			  unsigned jflags)
 {
 	const char *err = NULL;
 	if (q_msg_journal(m->msg, idx, state, code, host, text,
-			  Q_JOURNAL_NOSYNC, &err) < 0) {
+			  Q_JOURNAL_NOSYNC | jflags, &err) < 0) {
 		q_log("%s journal: %s", m->id, err);
 		set_fatal(r, err);
 		return;
@@ -839,7 +841,7 @@ static void note_result_n(struct run *r, struct mstate *m, size_t idx, char stat
 static void note_result(struct run *r, struct mstate *m, size_t idx, char state,
 			int code, const char *host, const char *text)
 {
-	note_result_n(r, m, idx, state, code, host, text, true);
+	note_result_n(r, m, idx, state, code, host, text, true, 0);
 }
 
 static void note_next_try(struct mstate *m, time_t t)
@@ -990,7 +992,7 @@ static void job_defer_all(struct run *r, struct dest *d, struct job *j,
 			/* recipients on their way to the fallback hosts are
 			   counted there, not as deferred */
 			note_result_n(r, m, j->rcpt[k], Q_RCPT_PENDING, e->code, host,
-				      e->text, !to_fallback);
+				      e->text, !to_fallback, 0);
 			mlog(r, m, "== %s defer (%s): %s", j->addr[k], e->kind,
 			     e->text);
 		}
@@ -1270,16 +1272,9 @@ static enum send_result job_send(struct worker *w, struct dest *d,
 	if (n == 0)
 		return SENT;
 
-	char path[4096];
-	q_spool_path(r->spool, m->id, 'D', path, sizeof(path));
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	struct stat sb;
-	if (fd < 0 || fstat(fd, &sb) < 0) {
-		q_log("%s cannot read data %s: %s", m->id, path, strerror(errno));
-		if (fd >= 0)
-			close(fd);
-		return DROPPED;
-	}
+	/* the locked descriptor: no second open of -D */
+	off_t dsize;
+	int fd = q_msg_data(m->msg, &dsize);
 	int codes[n];
 	char *texts[n];
 	struct q_smtp_err e;
@@ -1289,9 +1284,8 @@ static enum send_result job_send(struct worker *w, struct dest *d,
 		texts[k] = NULL;
 	}
 	sess_update(w, "mail", m->id, cs->c);
-	int ret = q_smtp_send(cs->c, rset, env->sender, rcpts, n, fd, sb.st_size,
+	int ret = q_smtp_send(cs->c, rset, env->sender, rcpts, n, fd, dsize,
 			      codes, texts, &e);
-	close(fd);
 
 	bool none = true;
 	for (size_t k = 0; k < n; k++)
@@ -1330,25 +1324,47 @@ static enum send_result job_send(struct worker *w, struct dest *d,
 
 	const char *tls = q_smtp_tls_info(cs->c);
 	pthread_mutex_lock(&m->mu);
+	/* First the journal, in one write for the whole transaction: what
+	 * the server accepted is recorded before anything else is done. */
+	bool was_4xx[n];
+	for (size_t k = 0; k < n; k++) {
+		int code = codes[k];
+		const char *text = texts[k] ? texts[k] : e.text;
+		const struct q_rcpt *rc = &env->rcpt[map[k]];
+		was_4xx[k] = rc->last_code >= 400 && rc->last_code < 500;
+		if (code >= 200 && code < 300)
+			note_result_n(r, m, map[k], Q_RCPT_DELIVERED, code, h->name,
+				      text, true, Q_JOURNAL_HOLD);
+		else if (code >= 500 || (code == 0 && e.permanent))
+			note_result_n(r, m, map[k], Q_RCPT_FAILED, code ? code : e.code,
+				      h->name, text, true, Q_JOURNAL_HOLD);
+		else
+			note_result_n(r, m, map[k], Q_RCPT_PENDING, code ? code : e.code,
+				      h->name, text, true, Q_JOURNAL_HOLD);
+	}
+	{
+		const char *jerr = NULL;
+		if (q_msg_journal_flush(m->msg, Q_JOURNAL_NOSYNC, &jerr) < 0) {
+			q_log("%s journal: %s", m->id, jerr);
+			set_fatal(r, jerr);
+		}
+	}
 	for (size_t k = 0; k < n; k++) {
 		int code = codes[k];
 		const char *text = texts[k] ? texts[k] : e.text;
 		if (code >= 200 && code < 300) {
-			const struct q_rcpt *rc = &env->rcpt[map[k]];
-			if (rc->last_code >= 400 && rc->last_code < 500) {
+			if (was_4xx[k]) {
 				/* deferred before: its address retry record goes */
 				struct q_buf key = {0};
 				if (q_retry_key_addr(&key, rcpts[k], m->id) == 0)
 					(void)q_retry_clear(r->hints, key.data, NULL);
 				q_buf_free(&key);
 			}
-			note_result(r, m, map[k], Q_RCPT_DELIVERED, code, h->name, text);
 			mlog(r, m, "=> %s H=%s [%s]%s%s C=\"%d %s\"", rcpts[k],
 			     h->name, h->ip, tls ? " X=" : "", tls ? tls : "", code,
 			     text);
 		} else if (code >= 500 || (code == 0 && e.permanent)) {
 			int c = code ? code : e.code;
-			note_result(r, m, map[k], Q_RCPT_FAILED, c, h->name, text);
 			mlog(r, m, "** %s H=%s [%s]: %d %s", rcpts[k], h->name,
 			     h->ip, c, text);
 		} else {
@@ -1357,7 +1373,6 @@ static enum send_result job_send(struct worker *w, struct dest *d,
 			   (data_4xx); one to RCPT is the address's */
 			const char *kind = code >= 400 && strncmp(e.kind, "data_", 5) != 0
 					   ? "rcpt_4xx" : e.kind;
-			note_result(r, m, map[k], Q_RCPT_PENDING, c, h->name, text);
 			mlog(r, m, "== %s H=%s [%s] defer (%s): %d %s", rcpts[k],
 			     h->name, h->ip, kind, c, text);
 			if (code >= 400) {
@@ -1744,8 +1759,13 @@ int q_run(struct q_spool *spool, const struct q_conf *conf,
 	plan_wait_hints(&r);
 	vlog(&r, "queue run: %zu messages due", r.ncands);
 
-	/* phase 2 */
+	/* phase 2: completed messages are removed by the spool's reaper
+	   thread, so that no worker waits for the file system to free them
+	   (without it, q_msg_commit removes them itself) */
+	bool reaper = q_spool_reaper_start(spool, NULL) == 0;
 	run_workers(&r, o->parallel ? o->parallel : conf->remote_max_parallel);
+	if (reaper)
+		q_spool_reaper_stop(spool);
 	if (st->tls > 0 && q_tls_ctx_save(r.tls, tlsfile, &terr) < 0)
 		q_log("TLS session cache: %s", terr);
 	(void)q_spool_sync(spool, NULL);

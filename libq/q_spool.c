@@ -99,6 +99,28 @@ struct q_spool {
 	bool hints_failed;           /* do not retry on every create */
 	pthread_mutex_t lazy_mu;     /* the lazily opened fds and hints: a
 					runner's workers share one handle */
+	struct reaper *reaper;       /* q_spool_reaper_start, or NULL */
+};
+
+/* Removal of completed messages in a thread of its own (see
+ * q_spool_reaper_start): items hold the message's lock (dfd) until its
+ * files are gone. */
+struct reap {
+	struct reap *next;
+	char id[Q_ID_LEN + 1];
+	int split, dfd, jfd;
+};
+
+#define REAPERS    4     /* threads: the waits of the file system overlap */
+#define REAP_TAKE  32    /* items a thread takes at a time */
+
+struct reaper {
+	pthread_t th[REAPERS];
+	unsigned nth;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct reap *head, **tail;
+	bool stop;
 };
 
 struct q_msg {
@@ -107,7 +129,10 @@ struct q_msg {
 	int split;                   /* borrowed from spool */
 	int dfd;                     /* -D, O_RDWR: holds the lock */
 	int rofd;                    /* -D read-only, for the caller */
-	int jfd;                     /* -J, O_APPEND, or -1 */
+	int jfd;                     /* -J, O_RDWR|O_APPEND, or -1 */
+	off_t jlen;                  /* -J's length: whole lines only */
+	off_t dsize;                 /* -D's size when locked */
+	struct q_buf jhold;          /* Q_JOURNAL_HOLD lines not written yet */
 	bool jnew;                   /* -J created, directory not synced */
 	bool jdirty;                 /* NOSYNC entries not synced */
 	bool gone;                   /* removed by q_msg_commit */
@@ -161,60 +186,68 @@ static int write_all(int fd, const void *p, size_t n)
 	return 0;
 }
 
-/* Read a whole file (at most max bytes) into out (reset first).
- * 0, Q_NOTFOUND, or -1. */
-static int read_file_at(int dirfd, const char *name, const char *path,
-			struct q_buf *out, const char **error_r)
+/* Read the open file fd into out (reset first). 0 or -1. */
+static int read_fd(int fd, const char *path, struct q_buf *out,
+		   const char **error_r)
 {
 	struct stat st;
-	int fd;
 
 	q_buf_reset(out);
-	fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-	if (fd < 0) {
-		if (errno == ENOENT)
-			return Q_NOTFOUND;
-		return q_err(error_r, "open %s: %s", path, strerror(errno));
-	}
-	if (fstat(fd, &st) < 0) {
-		q_err(error_r, "fstat %s: %s", path, strerror(errno));
-		close(fd);
-		return -1;
-	}
-	if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size > H_MAX_SIZE) {
-		q_err(error_r, "%s: %s", path, S_ISREG(st.st_mode) ?
-		      "file too large" : "not a regular file");
-		close(fd);
-		return -1;
-	}
+	if (fstat(fd, &st) < 0)
+		return q_err(error_r, "fstat %s: %s", path, strerror(errno));
+	if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size > H_MAX_SIZE)
+		return q_err(error_r, "%s: %s", path, S_ISREG(st.st_mode) ?
+			     "file too large" : "not a regular file");
 	for (;;) {
+		size_t want;
 		ssize_t r;
 
-		if (q_buf_reserve(out, 8192) < 0) {
-			q_err(error_r, "%s: out of memory", path);
-			close(fd);
-			return -1;
-		}
-		r = read(fd, out->data + out->len, out->cap - out->len - 1);
+		if (q_buf_reserve(out, out->len < (size_t)st.st_size ?
+				  (size_t)st.st_size - out->len + 1 : 8192) < 0)
+			return q_err(error_r, "%s: out of memory", path);
+		want = out->cap - out->len - 1;
+		r = read(fd, out->data + out->len, want);
 		if (r < 0) {
 			if (errno == EINTR)
 				continue;
-			q_err(error_r, "read %s: %s", path, strerror(errno));
-			close(fd);
-			return -1;
+			return q_err(error_r, "read %s: %s", path, strerror(errno));
 		}
 		if (r == 0)
 			break;
 		out->len += (size_t)r;
 		out->data[out->len] = '\0';
-		if (out->len > H_MAX_SIZE) {
-			q_err(error_r, "%s: file too large", path);
-			close(fd);
-			return -1;
-		}
+		if (out->len > H_MAX_SIZE)
+			return q_err(error_r, "%s: file too large", path);
+		/* a short read that reached the size fstat gave: the end
+		 * (saves the read that would return 0) */
+		if ((size_t)r < want && out->len >= (size_t)st.st_size)
+			break;
 	}
-	close(fd);
 	return 0;
+}
+
+/* Read a whole file (at most H_MAX_SIZE bytes) into out (reset first).
+ * With keep_r, the file is opened for reading and appending and the
+ * descriptor is left in *keep_r. 0, Q_NOTFOUND, or -1. */
+static int read_file_at(int dirfd, const char *name, const char *path,
+			struct q_buf *out, int *keep_r, const char **error_r)
+{
+	int fd, r;
+
+	q_buf_reset(out);
+	fd = openat(dirfd, name, (keep_r ? O_RDWR | O_APPEND : O_RDONLY) |
+		    O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0) {
+		if (errno == ENOENT)
+			return Q_NOTFOUND;
+		return q_err(error_r, "open %s: %s", path, strerror(errno));
+	}
+	r = read_fd(fd, path, out, error_r);
+	if (r == 0 && keep_r != NULL)
+		*keep_r = fd;
+	else
+		close(fd);
+	return r;
 }
 
 /* mkdir (0700 whatever the umask) relative to dirfd; EEXIST is fine. */
@@ -905,6 +938,7 @@ void q_spool_close(struct q_spool **sp)
 
 	if (s == NULL)
 		return;
+	q_spool_reaper_stop(s);
 	if (s->hints != NULL && s->hints_pid == getpid())
 		q_hints_close(&s->hints);
 	for (int i = 0; i < NSPLIT; i++)
@@ -1130,7 +1164,7 @@ struct jinfo {
  * !move_jbad), or -1. */
 static int env_load_once(struct q_spool *s, int split, const char *id,
 			 struct q_env **env_r, struct jinfo *ji, bool move_jbad,
-			 const char **error_r)
+			 int *jfd_r, const char **error_r)
 {
 	char name[Q_ID_LEN + 3], path[PATH_MAX];
 	struct q_buf b = { 0 };
@@ -1143,7 +1177,7 @@ static int env_load_once(struct q_spool *s, int split, const char *id,
 	*env_r = NULL;
 	msg_name(name, id, 'H');
 	q_spool_path(s, id, 'H', path, sizeof(path));
-	r = read_file_at(split, name, path, &b, error_r);
+	r = read_file_at(split, name, path, &b, NULL, error_r);
 	if (r != 0)
 		goto out;
 	r = env_parse(b.data, b.len, path, id, env_r, error_r);
@@ -1158,7 +1192,7 @@ static int env_load_once(struct q_spool *s, int split, const char *id,
 	}
 	msg_name(name, id, 'J');
 	q_spool_path(s, id, 'J', path, sizeof(path));
-	r = read_file_at(split, name, path, &b, error_r);
+	r = read_file_at(split, name, path, &b, jfd_r, error_r);
 	if (r == Q_NOTFOUND) {
 		r = 0;
 		goto out;
@@ -1184,6 +1218,10 @@ static int env_load_once(struct q_spool *s, int split, const char *id,
 	goto out;
 fail:
 	q_env_free(env_r);
+	if (jfd_r != NULL && *jfd_r >= 0) {
+		close(*jfd_r);
+		*jfd_r = -1;
+	}
 out:
 	q_buf_free(&b);
 	return r;
@@ -1194,12 +1232,12 @@ out:
  * line off and appending while we read (-H is never changed in place). */
 static int env_load(struct q_spool *s, int split, const char *id,
 		    struct q_env **env_r, struct jinfo *ji, bool locked,
-		    const char **error_r)
+		    int *jfd_r, const char **error_r)
 {
-	int r = env_load_once(s, split, id, env_r, ji, locked, error_r);
+	int r = env_load_once(s, split, id, env_r, ji, locked, jfd_r, error_r);
 
 	if (r == R_JBAD)
-		r = env_load_once(s, split, id, env_r, ji, true, error_r);
+		r = env_load_once(s, split, id, env_r, ji, true, jfd_r, error_r);
 	return r;
 }
 
@@ -1218,7 +1256,7 @@ int q_spool_read(struct q_spool *s, const char *id, struct q_env **env_r,
 		return q_err(error_r, "open %s/input/%c: %s", s->dir,
 			     id[Q_ID_SPLIT_POS], strerror(errno));
 	}
-	r = env_load(s, split, id, env_r, NULL, false, error_r);
+	r = env_load(s, split, id, env_r, NULL, false, NULL, error_r);
 	return r == R_CORRUPT ? -1 : r;
 }
 
@@ -1466,20 +1504,16 @@ int q_msg_lock(struct q_spool *s, const char *id, struct q_msg **msg_r,
 		r = Q_NOTFOUND;
 		goto fail;
 	}
-	r = env_load(s, split, id, &m->env, &ji, true, error_r);
+	m->dsize = st.st_size;
+	/* -J is read through the descriptor that appends to it later */
+	r = env_load(s, split, id, &m->env, &ji, true, &m->jfd, error_r);
 	if (r == R_CORRUPT)
 		r = -1;
 	if (r != 0)
 		goto fail;
+	m->jlen = (off_t)ji.good;
 	if (ji.exists) {
 		msg_name(name, id, 'J');
-		m->jfd = openat(split, name, O_WRONLY | O_APPEND | O_CLOEXEC |
-				O_NOFOLLOW);
-		if (m->jfd < 0) {
-			r = q_err(error_r, "open %s/input/%c/%s: %s", s->dir,
-				  id[Q_ID_SPLIT_POS], name, strerror(errno));
-			goto fail;
-		}
 		/* cut a torn last line off before anything is appended */
 		if (ji.good < ji.size &&
 		    (ftruncate(m->jfd, (off_t)ji.good) < 0 ||
@@ -1502,6 +1536,14 @@ void q_msg_unlock(struct q_msg **mp)
 
 	if (m == NULL)
 		return;
+	/* held results must not be lost: what was delivered is journaled */
+	if (m->jhold.len > 0 && !m->gone) {
+		const char *err = NULL;
+
+		if (q_msg_journal_flush(m, Q_JOURNAL_NOSYNC, &err) < 0)
+			q_log("%s journal: %s", m->id, err);
+	}
+	q_buf_free(&m->jhold);
 	if (m->jfd >= 0)
 		close(m->jfd);
 	if (m->rofd >= 0)
@@ -1516,6 +1558,12 @@ void q_msg_unlock(struct q_msg **mp)
 struct q_env *q_msg_env(struct q_msg *m)
 {
 	return m->env;
+}
+
+int q_msg_data(struct q_msg *m, off_t *size_r)
+{
+	*size_r = m->dsize;
+	return m->dfd;
 }
 
 int q_msg_data_fd(struct q_msg *m)
@@ -1539,13 +1587,74 @@ static int msg_errj(struct q_msg *m, const char *what, const char **error_r)
 		     m->id[Q_ID_SPLIT_POS], m->id, strerror(errno));
 }
 
+/* Open (or create) -J for appending when it is not open yet. */
+static int jopen(struct q_msg *m, const char **error_r)
+{
+	char name[Q_ID_LEN + 3];
+
+	if (m->jfd >= 0)
+		return 0;
+	msg_name(name, m->id, 'J');
+	/* usually there: q_spool_create makes an empty one */
+	m->jfd = openat(m->split, name, O_WRONLY | O_APPEND | O_CLOEXEC |
+			O_NOFOLLOW);
+	if (m->jfd < 0 && errno == ENOENT) {
+		m->jfd = openat(m->split, name, O_WRONLY | O_APPEND | O_CREAT |
+				O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+		if (m->jfd >= 0)
+			m->jnew = true;
+	}
+	if (m->jfd < 0)
+		return msg_errj(m, "open", error_r);
+	if (m->jnew && m->spool->fix_mode)
+		(void)fchmod(m->jfd, 0600);
+	m->jlen = 0;
+	if (!m->jnew) {
+		struct stat st;
+
+		if (fstat(m->jfd, &st) < 0)
+			return msg_errj(m, "fstat", error_r);
+		m->jlen = st.st_size;
+	}
+	return 0;
+}
+
+/* Append whole lines to -J in one write; a failed write is cut off so
+ * that no torn line stays in front of later ones. */
+static int jappend(struct q_msg *m, const char *p, size_t n,
+		   const char **error_r)
+{
+	if (jopen(m, error_r) < 0)
+		return -1;
+	if (write_all(m->jfd, p, n) < 0) {
+		int e = errno;
+
+		(void)ftruncate(m->jfd, m->jlen);
+		errno = e;
+		return msg_errj(m, "write", error_r);
+	}
+	m->jlen += (off_t)n;
+	m->jdirty = true;
+	return 0;
+}
+
+int q_msg_journal_flush(struct q_msg *m, unsigned flags, const char **error_r)
+{
+	int r = 0;
+
+	if (m->jhold.len > 0)
+		r = jappend(m, m->jhold.data, m->jhold.len, error_r);
+	q_buf_reset(&m->jhold);
+	if (r == 0 && !(flags & Q_JOURNAL_NOSYNC))
+		r = q_msg_journal_sync(m, error_r);
+	return r;
+}
+
 int q_msg_journal(struct q_msg *m, size_t idx, char state, int code,
 		  const char *host, const char *text, unsigned flags,
 		  const char **error_r)
 {
-	char name[Q_ID_LEN + 3];
 	struct q_buf b = { 0 };
-	struct stat st;
 	char *h = NULL, *t = NULL;
 	time_t now = time(NULL);
 	int ret = -1;
@@ -1571,38 +1680,22 @@ int q_msg_journal(struct q_msg *m, size_t idx, char state, int code,
 		q_err(error_r, "out of memory");
 		goto out;
 	}
-	if (m->jfd < 0) {
-		msg_name(name, m->id, 'J');
-		/* usually there: q_spool_create makes an empty one */
-		m->jfd = openat(m->split, name, O_WRONLY | O_APPEND |
-				O_CLOEXEC | O_NOFOLLOW);
-		if (m->jfd < 0 && errno == ENOENT) {
-			m->jfd = openat(m->split, name, O_WRONLY | O_APPEND |
-					O_CREAT | O_EXCL | O_CLOEXEC |
-					O_NOFOLLOW, 0600);
-			if (m->jfd >= 0)
-				m->jnew = true;
-		}
-		if (m->jfd < 0) {
-			msg_errj(m, "open", error_r);
+	if (flags & Q_JOURNAL_HOLD) {
+		if (q_buf_add(&m->jhold, b.data, b.len) < 0) {
+			q_err(error_r, "out of memory");
 			goto out;
 		}
-		if (m->jnew && m->spool->fix_mode)
-			(void)fchmod(m->jfd, 0600);
+	} else {
+		/* held lines first: the journal keeps the order of results */
+		if (m->jhold.len > 0 &&
+		    q_msg_journal_flush(m, Q_JOURNAL_NOSYNC, error_r) < 0)
+			goto out;
+		if (jappend(m, b.data, b.len, error_r) < 0)
+			goto out;
+		if (!(flags & Q_JOURNAL_NOSYNC) &&
+		    q_msg_journal_sync(m, error_r) < 0)
+			goto out;
 	}
-	if (fstat(m->jfd, &st) < 0) {
-		msg_errj(m, "fstat", error_r);
-		goto out;
-	}
-	if (write_all(m->jfd, b.data, b.len) < 0) {
-		msg_errj(m, "write", error_r);
-		/* no torn line may stay in front of later ones */
-		(void)ftruncate(m->jfd, st.st_size);
-		goto out;
-	}
-	m->jdirty = true;
-	if (!(flags & Q_JOURNAL_NOSYNC) && q_msg_journal_sync(m, error_r) < 0)
-		goto out;
 	rcpt_apply(&m->env->rcpt[idx], state, now, code, h, t);
 	h = t = NULL;
 	ret = 0;
@@ -1664,6 +1757,7 @@ static int env_rewrite(struct q_msg *m, const char **error_r)
 		msg_errj(m, "truncate", error_r);
 		goto out;
 	}
+	m->jlen = 0;
 	m->jnew = m->jdirty = false;
 	ret = 0;
 out:
@@ -1676,6 +1770,27 @@ static int msg_unlink_all(struct q_msg *m, const char **error_r)
 {
 	struct q_spool *s = m->spool;
 	char name[Q_ID_LEN + 3];
+
+	if (s->reaper != NULL) {
+		/* the reaper unlinks, then closes dfd (our lock) */
+		struct reap *it = malloc(sizeof(*it));
+
+		if (it != NULL) {
+			memcpy(it->id, m->id, sizeof(it->id));
+			it->split = m->split;
+			it->dfd = m->dfd;
+			it->jfd = m->jfd;
+			it->next = NULL;
+			m->dfd = m->jfd = -1;
+			m->gone = true;
+			pthread_mutex_lock(&s->reaper->mu);
+			*s->reaper->tail = it;
+			s->reaper->tail = &it->next;
+			pthread_cond_signal(&s->reaper->cv);
+			pthread_mutex_unlock(&s->reaper->mu);
+			return 0;
+		}
+	}
 
 	msg_name(name, m->id, 'H');
 	if (unlinkat(m->split, name, 0) < 0 && errno != ENOENT)
@@ -1703,10 +1818,139 @@ static int msg_unlink_all(struct q_msg *m, const char **error_r)
 	return 0;
 }
 
+/* The reaper's work on a list of completed messages: unlink each one's
+ * files (the same order as msg_unlink_all), delete their index records
+ * in one transaction per Q_HINTS_BATCH_MAX, then release their locks. */
+static void reap_list(struct q_spool *s, struct reap *list)
+{
+	struct q_hints_item items[Q_HINTS_BATCH_MAX];
+	struct q_hints *h = hints_quiet(s);
+	size_t n = 0;
+
+	for (struct reap *it = list; it != NULL; it = it->next) {
+		static const char kinds[] = "HDJ";
+		char name[Q_ID_LEN + 3];
+		bool ok = true;
+
+		for (int k = 0; k < 3 && ok; k++) {
+			msg_name(name, it->id, kinds[k]);
+			if (unlinkat(it->split, name, 0) < 0 && errno != ENOENT) {
+				q_log("%s cannot remove %s/input/%c/%s: %s (the "
+				      "journal says it is complete: the next run "
+				      "removes it)", it->id, s->dir,
+				      it->id[Q_ID_SPLIT_POS], name, strerror(errno));
+				ok = false;
+			}
+		}
+		if (it->jfd >= 0)
+			close(it->jfd);
+		it->jfd = -1;
+		if (!ok)
+			continue;
+		(void)unlinkat(s->msglog_fd, it->id, 0);
+		items[n++] = (struct q_hints_item){ Q_HINTS_BDEL, it->id, NULL,
+						    Q_ID_LEN, 0 };
+		if (n == Q_HINTS_BATCH_MAX || it->next == NULL) {
+			if (h != NULL)
+				(void)q_hints_batch(h, Q_DB_INDEX, items, n, NULL);
+			n = 0;
+		}
+	}
+	if (n > 0 && h != NULL)
+		(void)q_hints_batch(h, Q_DB_INDEX, items, n, NULL);
+	while (list != NULL) {
+		struct reap *next = list->next;
+
+		close(list->dfd);
+		free(list);
+		list = next;
+	}
+}
+
+static void *reaper_main(void *arg)
+{
+	struct q_spool *s = arg;
+	struct reaper *rp = s->reaper;
+
+	pthread_mutex_lock(&rp->mu);
+	for (;;) {
+		struct reap *list = rp->head, *last = list;
+		unsigned n = 1;
+
+		if (list == NULL) {
+			if (rp->stop)
+				break;
+			pthread_cond_wait(&rp->cv, &rp->mu);
+			continue;
+		}
+		while (last->next != NULL && n < REAP_TAKE) {
+			last = last->next;
+			n++;
+		}
+		rp->head = last->next;
+		if (rp->head == NULL)
+			rp->tail = &rp->head;
+		last->next = NULL;
+		pthread_mutex_unlock(&rp->mu);
+		reap_list(s, list);
+		pthread_mutex_lock(&rp->mu);
+	}
+	pthread_mutex_unlock(&rp->mu);
+	return NULL;
+}
+
+int q_spool_reaper_start(struct q_spool *s, const char **error_r)
+{
+	struct reaper *rp;
+	int rc;
+
+	if (s->reaper != NULL)
+		return 0;
+	if ((rp = calloc(1, sizeof(*rp))) == NULL)
+		return q_err(error_r, "out of memory");
+	pthread_mutex_init(&rp->mu, NULL);
+	pthread_cond_init(&rp->cv, NULL);
+	rp->tail = &rp->head;
+	s->reaper = rp;
+	for (rc = 0; rp->nth < REAPERS && rc == 0; rp->nth++)
+		if ((rc = pthread_create(&rp->th[rp->nth], NULL, reaper_main,
+					 s)) != 0)
+			break;
+	if (rp->nth == 0) {
+		s->reaper = NULL;
+		pthread_cond_destroy(&rp->cv);
+		pthread_mutex_destroy(&rp->mu);
+		free(rp);
+		return q_err(error_r, "cannot start a thread: %s", strerror(rc));
+	}
+	return 0;
+}
+
+void q_spool_reaper_stop(struct q_spool *s)
+{
+	struct reaper *rp = s->reaper;
+
+	if (rp == NULL)
+		return;
+	pthread_mutex_lock(&rp->mu);
+	rp->stop = true;
+	pthread_cond_broadcast(&rp->cv);
+	pthread_mutex_unlock(&rp->mu);
+	for (unsigned i = 0; i < rp->nth; i++)
+		pthread_join(rp->th[i], NULL);
+	s->reaper = NULL;
+	pthread_cond_destroy(&rp->cv);
+	pthread_mutex_destroy(&rp->mu);
+	free(rp);
+}
+
 int q_msg_commit(struct q_msg *m, time_t next_try, const char **error_r)
 {
 	if (m->gone)
 		return q_err(error_r, "message %s was removed", m->id);
+	if (m->jhold.len > 0 &&
+	    q_msg_journal_flush(m, Q_JOURNAL_NOSYNC, error_r) < 0)
+		return -1;
 	if (q_env_pending(m->env) == 0)
 		return msg_unlink_all(m, error_r);
 	if (env_rewrite(m, error_r) < 0)

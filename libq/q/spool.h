@@ -159,9 +159,17 @@ Q_API int q_msg_data_fd(struct q_msg *msg);
  * in-memory envelope: state 'D' or 'F' is final; 'P' records a
  * temporary failure (tries, code, host, text). */
 #define Q_JOURNAL_NOSYNC 0x01
+/* Q_JOURNAL_HOLD: apply the result to the envelope now but keep the line
+ * in memory until q_msg_journal_flush (or the next entry without HOLD,
+ * q_msg_commit or q_msg_unlock), so that the results of one SMTP
+ * transaction go to -J in one write. */
+#define Q_JOURNAL_HOLD   0x02
 Q_API int q_msg_journal(struct q_msg *msg, size_t rcpt_index, char state,
 			int code, const char *host, const char *text,
 			unsigned flags, const char **error_r);
+/* Write the held lines (one write); fdatasync unless Q_JOURNAL_NOSYNC. */
+Q_API int q_msg_journal_flush(struct q_msg *msg, unsigned flags,
+			      const char **error_r);
 /* fdatasync the journal (after a batch of Q_JOURNAL_NOSYNC entries). */
 Q_API int q_msg_journal_sync(struct q_msg *msg, const char **error_r);
 
