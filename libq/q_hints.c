@@ -69,7 +69,22 @@
  *    (EINVAL "not a database", checksum, DB_VERIFY_BAD, DB_PAGE_NOTFOUND,
  *    old or foreign version), the directory is renamed to
  *    <dir>.corrupt-<unix time>[-N] and created afresh; q_hints_open says
- *    so through *notice_r.  At most one move per open.
+ *    so through *notice_r.  At most one move per open.  A move found by
+ *    an operation is also written to the main log here (q_log), since
+ *    callers may ignore the operation's error; every move is passed to
+ *    the q_hints_set_notice_fn hook (default: stderr if a terminal).
+ *  - Recovery whenever the last user did not leave cleanly (no valid
+ *    stamp, see below), not only when __db.register names a dead process:
+ *    Berkeley DB empties the register's dead slots before it recovers, so
+ *    a recovery that failed (ENOSPC) would otherwise be skipped next time
+ *    and the commits in the log lost.
+ *  - A full disk is an error, never damage: ENOSPC/EDQUOT (in Berkeley
+ *    DB's code or its messages) at open or recovery fails with a text
+ *    naming the directory and "No space left on device"; nothing is moved
+ *    aside, and neither is damage while less than Q_HINTS_ROOM_FRESH is
+ *    free (a fresh environment would not fit).  The main log says so at
+ *    most once a minute.  Regions never SIGBUS on a full disk: see
+ *    "room for the regions" (DB_REGION_INIT and reserved blocks).
  *
  * Weak spots (honest list).
  *  - Other processes that still have the moved-aside environment open
@@ -91,11 +106,17 @@
  *    or not, depending on whether the walk had passed it.
  *  - After a panic Berkeley DB cannot close its DB handles; they are kept
  *    (see grave_keep), a few dozen KB per panic.
+ *  - The regions' reserve costs up to 4 MB of disk per region file (three
+ *    today) and an fstat per region file per operation; an operation that
+ *    grows the cache by more than 3 MB at once on a full disk can still
+ *    meet SIGBUS (see "room for the regions").  The free-space test before
+ *    a move aside is statvfs's, blind to quotas.
  */
 #include "config.h"
 #include "q_private.h"
 #include "q/hints.h"
 #include "q/addr.h"
+#include "q/log.h"
 
 #include <db.h>
 
@@ -111,6 +132,7 @@
 #include <dirent.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -133,6 +155,15 @@
 #define Q_HINTS_CLOSE_CKP_KB 256        /* at close of a writer */
 #define Q_HINTS_BULK       (256u << 10) /* first bulk buffer of a walk */
 #define Q_HINTS_LOCKS      20000        /* lock table: truncate of big dbs */
+#define Q_HINTS_RESERVE    (4u << 20)   /* blocks kept allocated past the end
+					   of each region file (it grows in
+					   1 MB steps, sparse) ... */
+#define Q_HINTS_RESERVE_LOW (3u << 20)  /* ... topped up when fewer remain */
+#define Q_HINTS_REGIONS    8            /* region files followed at most */
+#define Q_HINTS_ROOM_FRESH (20u << 20)  /* free space a fresh environment
+					   needs (regions, reserves, a log):
+					   with less, damage is not moved
+					   aside (it would not help) */
 #define Q_TRANSPORT_MAX    32
 #define Q_REC_STR_MAX      (1u << 20)   /* longest string in a record */
 
@@ -140,6 +171,7 @@
 #define HINTS_NOT_OPEN     (-40001)
 #define HINTS_ENOMEM       (-40002)
 #define HINTS_ABORTED      (-40003)     /* an update callback returned -1 */
+#define HINTS_FULL         (-40004)     /* no room to reserve for the regions */
 
 static const char use_lock_name[] = "qkit.lock";
 
@@ -156,6 +188,35 @@ void q_hints_tune(unsigned wait_ms, unsigned timeouts)
 
 /* q_hints_open's notice (per thread, until the next open). */
 static _Thread_local char notice_buf[1200];
+
+/* Where moves aside are told besides the main log (q_hints_set_notice_fn);
+ * NULL: stderr when it is a terminal. */
+static _Atomic(q_hints_notice_fn *) notice_fn;
+
+void q_hints_set_notice_fn(q_hints_notice_fn *fn)
+{
+	atomic_store(&notice_fn, fn);
+}
+
+static void notice_tell(const char *text)
+{
+	q_hints_notice_fn *fn = atomic_load(&notice_fn);
+
+	if (fn != NULL) {
+		fn(text);
+	} else if (isatty(STDERR_FILENO)) {
+		/* one write, so that lines of threads do not mix */
+		struct q_buf b = { 0 };
+
+		if (q_buf_printf(&b, "%s: warning: hints: ",
+				 program_invocation_short_name) == 0 &&
+		    q_escape_term(&b, text, strlen(text), true) == 0 &&
+		    q_buf_addc(&b, '\n') == 0 &&
+		    write(STDERR_FILENO, b.data, b.len) < 0)
+			b.len = 0;
+		q_buf_free(&b);
+	}
+}
 
 /* ------------------------------------------------------------------ */
 /* Berkeley DB's messages: kept per thread, appended to our texts */
@@ -224,6 +285,8 @@ static const char *rc_text(int rc)
 		return strerror(ENOMEM);
 	case HINTS_ABORTED:
 		return "aborted by the caller";
+	case HINTS_FULL:
+		return strerror(ENOSPC);
 	default:
 		return db_strerror(rc);
 	}
@@ -321,6 +384,11 @@ struct henv {
 	atomic_int panic;                  /* what the last panic event said */
 	pthread_mutex_t reg_lock;
 	int reg_fd;                        /* __db.register, see peer_died */
+	int nrfd;                          /* region files, see regions_reserve */
+	int rfd[Q_HINTS_REGIONS];
+	atomic_llong rend[Q_HINTS_REGIONS]; /* blocks reserved up to here */
+	bool rsv_off;                      /* the file system cannot fallocate */
+	int rsv_err;                       /* errno of the last reserve at open */
 	pthread_t watch;                   /* the watchdog thread */
 	bool watch_on, watch_stop, watch_lost;
 	pthread_mutex_t watch_mx;
@@ -448,6 +516,8 @@ static void env_stop(struct henv *e, bool final)
 	if (e->reg_fd >= 0)
 		close(e->reg_fd);
 	e->reg_fd = -1;
+	while (e->nrfd > 0)
+		close(e->rfd[--e->nrfd]);
 	if (final && clean && e->use_fd >= 0) {
 		char path[PATH_MAX];
 		struct stat a, b;
@@ -526,6 +596,165 @@ static int unlink_one(const char *path, const char *name, void *ctx)
 	if (unlink(path) < 0 && errno != ENOENT)
 		return q_err(NULL, "unlink %s: %s", path, strerror(errno));
 	return 0;
+}
+
+/* ---- room for the regions ----
+ * Berkeley DB's region files are mmap'd and sparse: created with their
+ * last byte only, and grown (the cache region, up to the cache size and
+ * more) in 1 MB steps the same way. On a full file system the first
+ * touch of a page that has no block kills the process with SIGBUS; no
+ * error is ever returned. So: DB_REGION_INIT makes Berkeley DB write
+ * every page of a region it creates (ENOSPC then fails the open), and
+ * here blocks are reserved past the end of every region file with
+ * fallocate(FALLOC_FL_KEEP_SIZE): Q_HINTS_RESERVE at open (filling any
+ * hole below the end too), topped up before every operation when fewer
+ * than Q_HINTS_RESERVE_LOW remain, so a growth step always lands on
+ * reserved blocks. When a top-up fails (ENOSPC, EDQUOT) the operation
+ * fails with that error before Berkeley DB runs. Costs an fstat per
+ * region file per operation and up to Q_HINTS_RESERVE of disk per region
+ * file. Weak: an operation that brings more than Q_HINTS_RESERVE_LOW of
+ * new pages into the cache at once (a batch or a truncate over thousands
+ * of pages never cached before) can still outgrow the reserve while the
+ * disk is full. File systems without fallocate (EOPNOTSUPP) are left as
+ * they were. */
+
+static int region_open_one(const char *path, const char *name, void *vctx)
+{
+	struct henv *e = vctx;
+	int fd;
+
+	(void)name;
+	if (e->nrfd >= Q_HINTS_REGIONS)
+		return 0;
+	fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return q_err(NULL, "open %s: %s", path, strerror(errno));
+	atomic_store(&e->rend[e->nrfd], 0);
+	e->rfd[e->nrfd++] = fd;
+	return 0;
+}
+
+static bool errno_full(int err)
+{
+	return err == ENOSPC || err == EDQUOT;
+}
+
+static void full_say(const char *dir, const char *text);
+
+/* Reserve the blocks (see above); all: at open, every file, holes too.
+ * 0, or -1 with a text (the errno in *err_r). Caller holds e->lock. */
+static int regions_reserve(struct henv *e, bool all, int *err_r,
+			   const char **error_r)
+{
+	int i;
+
+	*err_r = 0;
+	if (e->rsv_off)
+		return 0;
+	for (i = 0; i < e->nrfd; i++) {
+		struct stat st;
+		long long have;
+		off_t off;
+		int r;
+
+		if (fstat(e->rfd[i], &st) < 0)
+			continue;
+		if (!all && (long long)st.st_size + Q_HINTS_RESERVE_LOW <=
+			    atomic_load(&e->rend[i]))
+			continue;
+		/* below the end only when blocks are missing there */
+		have = (long long)st.st_blocks * 512;
+		off = all && have < (long long)st.st_size ? 0 : st.st_size;
+		while ((r = fallocate(e->rfd[i], FALLOC_FL_KEEP_SIZE, off,
+				      st.st_size - off + Q_HINTS_RESERVE)) < 0 &&
+		       errno == EINTR)
+			;
+		if (r < 0) {
+			int err = errno;
+
+			if (err == EOPNOTSUPP || err == ENOSYS) {
+				e->rsv_off = true;
+				return 0;
+			}
+			/* full, but what is reserved still covers a step
+			 * (blocks counted past the end too; holes would make
+			 * this optimistic, and there are none once reserved) */
+			if (errno_full(err) &&
+			    have >= (long long)st.st_size + Q_HINTS_RESERVE_LOW) {
+				atomic_store(&e->rend[i], have);
+				continue;
+			}
+			*err_r = err;
+			q_err(error_r, "hints %s: cannot reserve %u MB for the "
+			      "shared regions to grow%s: %s", e->dir,
+			      Q_HINTS_RESERVE >> 20,
+			      errno_full(err) ? " (disk full: try again when "
+			      "there is room)" : "", strerror(err));
+			if (errno_full(err))
+				full_say(e->dir, q_err_last());
+			return -1;
+		}
+		atomic_store(&e->rend[i], (long long)st.st_size + Q_HINTS_RESERVE);
+	}
+	return 0;
+}
+
+/* Did Berkeley DB fail because the disk (or a quota) is full? Its own
+ * code is often a panic that hides the cause; the cause is in its text. */
+static bool rc_full(int rc)
+{
+	return errno_full(rc) || rc == HINTS_FULL ||
+	       strstr(db_msg, "No space left on device") != NULL ||
+	       strstr(db_msg, "Disk quota exceeded") != NULL;
+}
+
+/* Is there room for a fresh environment, so that moving a damaged one
+ * aside can help? (Moving frees nothing.) If not, says so in why. */
+static bool room_for_fresh(const char *dir, char *why, size_t size)
+{
+	struct statvfs sv;
+	unsigned long long avail;
+
+	if (statvfs(dir, &sv) < 0)
+		return true;
+	avail = (unsigned long long)sv.f_bavail * sv.f_frsize;
+	if (avail >= Q_HINTS_ROOM_FRESH)
+		return true;
+	snprintf(why, size, "%s (%llu KB free; a fresh environment needs "
+		 "%u MB)", strerror(ENOSPC), avail >> 10, Q_HINTS_ROOM_FRESH >> 20);
+	return false;
+}
+
+/* After a failed open on a full disk: when nobody else has the
+ * environment, give back the space of the regions it half made (the next
+ * opener makes them anew and recovers in any case). Caller holds the
+ * open lock. */
+static void regions_drop_if_alone(const char *dir)
+{
+	char path[PATH_MAX];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, use_lock_name);
+	fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return;
+	if (flock(fd, LOCK_EX | LOCK_NB) == 0)
+		(void)each_file(dir, F_REGION, unlink_one, NULL, NULL);
+	close(fd);
+}
+
+/* Say in the main log that the hints meet a full disk: at most once a
+ * minute per process (index updates that ignore errors would repeat it). */
+static void full_say(const char *dir, const char *text)
+{
+	static atomic_llong said;
+	long long now = (long long)time(NULL), then = atomic_load(&said);
+
+	if (now - then < 60 ||
+	    !atomic_compare_exchange_strong(&said, &then, now))
+		return;
+	q_log("hints: %s: disk full, hints not updated until there is room "
+	      "(nothing is moved aside): %s", dir, text);
 }
 
 /* The regions stamp.  The last process to leave an environment cleanly
@@ -855,6 +1084,7 @@ static int env_attach(struct henv *e, const char **error_r)
 	DB_ENV *env;
 	struct hdb *d;
 	int fd, rc;
+	bool recover = false;
 
 	snprintf(path, sizeof(path), "%s/%s", e->dir, use_lock_name);
 	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
@@ -862,10 +1092,20 @@ static int env_attach(struct henv *e, const char **error_r)
 		return q_err(error_r, "open %s: %s", path, strerror(errno));
 	if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
 		/* Alone: the regions are only trusted with a valid stamp. */
-		if (!stamp_check(e->dir) &&
-		    each_file(e->dir, F_REGION, unlink_one, NULL, error_r) != 0) {
-			close(fd);
-			return -1;
+		if (!stamp_check(e->dir)) {
+			if (each_file(e->dir, F_REGION, unlink_one, NULL,
+				      error_r) != 0) {
+				close(fd);
+				return -1;
+			}
+			/* Not left clean: always recover. The register alone
+			 * cannot be trusted for that: Berkeley DB marks the
+			 * dead slots empty before it registers itself and
+			 * recovers, so an opener that failed there (ENOSPC)
+			 * left a register that says "all is well" while the
+			 * log holds commits that never reached the databases
+			 * (seen: 592 of 2000 records lost). */
+			recover = true;
 		}
 	} else if (errno != EWOULDBLOCK) {
 		int err = errno;
@@ -894,7 +1134,8 @@ static int env_attach(struct henv *e, const char **error_r)
 	/* Berkeley DB creates its register file 0660 & ~umask: make it 0600
 	 * first (an empty register means "recover", as a missing one). */
 	snprintf(path, sizeof(path), "%s/__db.register", e->dir);
-	fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW |
+		  (recover ? O_TRUNC : 0), 0600);
 	if (fd >= 0)
 		close(fd);
 
@@ -913,6 +1154,8 @@ static int env_attach(struct henv *e, const char **error_r)
 	    (rc = env->set_flags(env, DB_TXN_WRITE_NOSYNC, 1)) != 0 ||
 	    /* a lock wait that timed out is not a deadlock */
 	    (rc = env->set_flags(env, DB_TIME_NOTGRANTED, 1)) != 0 ||
+	    /* write the regions it creates: ENOSPC, not SIGBUS later */
+	    (rc = env->set_flags(env, DB_REGION_INIT, 1)) != 0 ||
 	    (rc = env->log_set_config(env, DB_LOG_AUTO_REMOVE, 1)) != 0 ||
 	    (rc = env->set_lk_detect(env, DB_LOCK_DEFAULT)) != 0 ||
 	    (rc = env->set_timeout(env, lock_wait_ms * 1000u,
@@ -930,6 +1173,10 @@ static int env_attach(struct henv *e, const char **error_r)
 	}
 	e->env = env;
 	watchdog_start(e);
+	/* room for the regions to grow (see regions_reserve) */
+	if (each_file(e->dir, F_REGION, region_open_one, e, error_r) != 0 ||
+	    regions_reserve(e, true, &e->rsv_err, error_r) < 0)
+		return -1;
 	for (d = e->dbs; d != NULL; d = d->next)
 		if (d->db == NULL && (rc = open_one_db(e, d)) != 0)
 			return rc;
@@ -1015,22 +1262,47 @@ static int env_start(struct henv *e, char **notice, const char **error_r)
 {
 	char aside[PATH_MAX + 64], reason[600];
 	int lfd, lfd2, rc;
+	bool full;
 
 	if ((lfd = open_lock(e->dir, error_r)) < 0)
 		return -1;
 	db_msg_clear();
+	e->rsv_err = 0;
 	rc = env_attach(e, error_r);
-	if (rc == DB_RUNRECOVERY) {
+	full = rc != 0 && rc != -1 && rc_full(rc);
+	if (rc == DB_RUNRECOVERY && !full) {
 		/* DB_REGISTER: another process may have triggered recovery
 		 * while we opened; once more. */
 		env_stop(e, false);
 		backoff(100);
 		db_msg_clear();
 		rc = env_attach(e, error_r);
+		full = rc != 0 && rc != -1 && rc_full(rc);
 	}
 	if (rc == 0) {
 		close(lfd);
 		return 0;
+	}
+	if (full) {
+		/* A full disk (recovery could not write its log, a region
+		 * could not be made) is no damage: moving the directory aside
+		 * would throw the retry records away and free nothing. */
+		db_result(rc, "environment", "open", NULL, 0, error_r);
+		q_err(error_r, "hints %s: disk full: cannot open or recover the "
+		      "hints (try again when there is room; nothing was moved "
+		      "aside): %s", e->dir, q_err_last());
+		full_say(e->dir, q_err_last());
+		env_stop(e, false);
+		regions_drop_if_alone(e->dir);
+		close(lfd);
+		return -1;
+	}
+	if (rc == -1 && errno_full(e->rsv_err)) {
+		/* no room for the regions' reserve (regions_reserve) */
+		env_stop(e, false);
+		regions_drop_if_alone(e->dir);
+		close(lfd);
+		return -1;
 	}
 	if (rc == -1 || !rc_corrupt(rc)) {
 		if (rc != -1)
@@ -1043,6 +1315,14 @@ static int env_start(struct henv *e, char **notice, const char **error_r)
 		 db_msg[0] != '\0' ? " (" : "", db_msg,
 		 db_msg[0] != '\0' ? ")" : "");
 	env_stop(e, false);
+	if (!room_for_fresh(e->dir, aside, sizeof(aside))) {
+		q_err(error_r, "hints %s: unusable (%s), not moved aside: disk "
+		      "full: %s; try again when there is room", e->dir, reason,
+		      aside);
+		full_say(e->dir, q_err_last());
+		close(lfd);
+		return -1;
+	}
 	if (move_aside(e->dir, aside, sizeof(aside), error_r) < 0) {
 		close(lfd);
 		return -1;
@@ -1080,9 +1360,23 @@ static int env_start(struct henv *e, char **notice, const char **error_r)
 static int env_restart_locked(struct henv *e, const char *corrupt,
 			      char **notice, const char **error_r)
 {
+	char blocked[1200];
 	int ret = 0;
 
 	env_stop(e, false);
+	if (corrupt != NULL &&
+	    !room_for_fresh(e->dir, blocked, sizeof(blocked))) {
+		/* moving aside would not help: fail this operation, and
+		 * reopen as it is for the others */
+		q_err(error_r, "hints %s: unusable (%s), not moved aside: disk "
+		      "full: %s; try again when there is room", e->dir, corrupt,
+		      blocked);
+		snprintf(blocked, sizeof(blocked), "%s", q_err_last());
+		full_say(e->dir, blocked);
+		corrupt = NULL;
+	} else {
+		blocked[0] = '\0';
+	}
 	if (corrupt != NULL) {
 		char aside[PATH_MAX + 64];
 		int lfd = open_lock(e->dir, error_r);
@@ -1103,6 +1397,10 @@ static int env_restart_locked(struct henv *e, const char *corrupt,
 	if (ret == 0 && env_start(e, notice, error_r) < 0)
 		ret = -1;
 	e->gen++;
+	if (blocked[0] != '\0') {
+		q_err(error_r, "%s", blocked);
+		ret = -1;
+	}
 	return ret;
 }
 
@@ -1128,6 +1426,10 @@ static int env_restart(struct henv *e, unsigned gen, const char *corrupt,
 	ret = env_restart_locked(e, corrupt, &notice, error_r);
 	pthread_rwlock_unlock(&e->lock);
 	if (ret == 0 && notice != NULL) {
+		/* Found by an operation, whose caller may well ignore its
+		 * error (index updates do): the main log, and the terminal. */
+		q_log("hints: %s", notice);
+		notice_tell(notice);
 		q_err(error_r, "%s", notice);
 		ret = 1;
 	}
@@ -1277,9 +1579,13 @@ int q_hints_open(const char *dir, const char *transport,
 	*h_r = h;
 	h = NULL;
 	ret = 0;
-	if (notice != NULL && notice_r != NULL) {
-		snprintf(notice_buf, sizeof(notice_buf), "%s", notice);
-		*notice_r = notice_buf;
+	if (notice != NULL) {
+		/* the caller logs it (q_spool_hints does) */
+		notice_tell(notice);
+		if (notice_r != NULL) {
+			snprintf(notice_buf, sizeof(notice_buf), "%s", notice);
+			*notice_r = notice_buf;
+		}
 	}
 	goto out;
 
@@ -1377,7 +1683,7 @@ static int hints_run(struct q_hints *h, enum q_db which, const char *what,
 	struct henv *e = h->e;
 	struct hdb *d;
 	unsigned tries = 0, reopens = 0, timeouts = 0;
-	int rc;
+	int rc, err;
 
 	if ((int)which < 0 || which >= Q_DB__COUNT)
 		return q_err(error_r, "hints: no database number %d", (int)which);
@@ -1403,6 +1709,11 @@ static int hints_run(struct q_hints *h, enum q_db which, const char *what,
 		}
 		if (e->env == NULL || d->db == NULL) {
 			rc = HINTS_NOT_OPEN;
+		} else if (regions_reserve(e, false, &err, error_r) < 0) {
+			/* no room for the cache to grow: fail now, not with
+			 * SIGBUS inside Berkeley DB */
+			pthread_rwlock_unlock(&e->lock);
+			return -1;
 		} else {
 			op.env = e->env;
 			op.db = d->db;
@@ -1444,7 +1755,7 @@ static int hints_run(struct q_hints *h, enum q_db which, const char *what,
 			 * also what another process's recovery, or its
 			 * reaction to a dead process, looks like: reopen.) */
 			if (reopens > 0 && rc != HINTS_NOT_OPEN &&
-			    panic != PANIC_REGISTER &&
+			    panic != PANIC_REGISTER && !rc_full(rc) &&
 			    (rc != DB_RUNRECOVERY ||
 			     strstr(db_msg, "checksum") != NULL) &&
 			    !peer_died_now(e)) {
@@ -1464,6 +1775,11 @@ static int hints_run(struct q_hints *h, enum q_db which, const char *what,
 	if (rc_retry(rc))
 		return q_err(error_r, "hints %s: %s: still deadlocked after %u "
 			     "tries", d->name, what, tries);
+	if (rc != 0 && rc != DB_NOTFOUND && rc != DB_KEYEMPTY && rc_full(rc)) {
+		db_result(rc, d->name, what, key, klen, error_r);
+		full_say(e->dir, q_err_last());
+		return -1;
+	}
 	return db_result(rc, d->name, what, key, klen, error_r);
 }
 

@@ -8,6 +8,7 @@
 #include "config.h"
 
 #include "q/hints.h"
+#include "q/log.h"
 #include "q/addr.h"
 #include "q/util.h"
 #include "q_private.h"
@@ -16,6 +17,7 @@
 #include <CUnit/CUnit.h>
 
 #include <dirent.h>
+#include <sched.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -23,7 +25,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -1360,6 +1364,38 @@ enum { EXPECT_INTACT, EXPECT_NOTICE, EXPECT_EITHER };
 enum { PROBE_INTACT, PROBE_OPEN_NOTICE, PROBE_WALK_MOVED, PROBE_WRITE_MOVED,
        PROBE_BAD = 20 };
 
+/* What q_hints_set_notice_fn passed (the last one). */
+static char told[2048];
+static int ntold;
+
+static void tell_fn(const char *text)
+{
+	snprintf(told, sizeof(told), "%s", text);
+	ntold++;
+}
+
+/* A move aside was told to the hook (naming dir and "moved them to");
+ * found by an operation (not at open), it is in the main log too. */
+static bool move_reported(const char *dir, const char *logdir, bool by_op)
+{
+	char path[4200];
+	char *log;
+	bool ok;
+
+	if (ntold != 1 || strstr(told, dir) == NULL ||
+	    strstr(told, "moved them to") == NULL)
+		return false;
+	if (!by_op)
+		return true;
+	snprintf(path, sizeof(path), "%s/log/mainlog", logdir);
+	if ((log = t_read_file(path, NULL)) == NULL)
+		return false;
+	ok = strstr(log, "hints: hints databases in ") != NULL &&
+	     strstr(log, "moved them to") != NULL && strstr(log, dir) != NULL;
+	free(log);
+	return ok;
+}
+
 /* Open a possibly damaged environment, read everything, write once. */
 static int corrupt_probe(const char *dir, size_t i, const char *what)
 {
@@ -1368,7 +1404,16 @@ static int corrupt_probe(const char *dir, size_t i, const char *what)
 	struct verify v = { 0 };
 	struct q_buf b = { 0 };
 	int verdict = PROBE_INTACT;
+	char logdir[4096];
 
+	/* moves are told to the hook, and those found by an operation are
+	 * written to the main log: a log of our own beside dir */
+	snprintf(logdir, sizeof(logdir), "%s.spool", dir);
+	if ((mkdir(logdir, 0700) < 0 && errno != EEXIST) ||
+	    q_log_open(logdir, false, &err) != 0)
+		return PROBE_BAD + 7;
+	q_hints_set_notice_fn(tell_fn);
+	ntold = 0;
 	if (q_hints_open(dir, "smtp", &h, &notice, &err) != 0) {
 		fprintf(stderr, "corruption case %zu: open: %s\n", i, err);
 		return PROBE_BAD + 1;
@@ -1404,6 +1449,14 @@ static int corrupt_probe(const char *dir, size_t i, const char *what)
 	}
 	if (getenv("QKIT_TEST_VERBOSE") != NULL)
 		fprintf(stderr, "corruption case %zu (%s): %s\n", i, what, how);
+	if (verdict != PROBE_INTACT &&
+	    !move_reported(dir, logdir, verdict != PROBE_OPEN_NOTICE)) {
+		fprintf(stderr, "corruption case %zu: the move was not reported "
+			"(%d times to the hook: %s)\n", i, ntold, told);
+		return PROBE_BAD + 8;
+	}
+	if (verdict == PROBE_INTACT && ntold != 0)
+		return PROBE_BAD + 9;
 	/* untouched data reads back whole */
 	if (verdict == PROBE_INTACT && (v.bad != 0 || v.n < 300))
 		return PROBE_BAD + 5;
@@ -1424,15 +1477,20 @@ static void test_corruption(void)
 		bool killed;          /* a writer was killed first */
 		int expect;
 	} cases[] = {
-		{ "retry.db", 0, -1, false, false, EXPECT_NOTICE },
-		{ "retry.db", 0, 512, false, false, EXPECT_NOTICE },
+		/* A file changed behind the stamp means recovery at the next
+		 * open (q_hints_open never trusts the register alone), and
+		 * recovery redoes the log over the damage while the log still
+		 * holds every write: whole again (the probe checks all 300
+		 * records) or moved aside, both fine. */
+		{ "retry.db", 0, -1, false, false, EXPECT_EITHER },
+		{ "retry.db", 0, 512, false, false, EXPECT_EITHER },
 		{ "retry.db", 0, 1, true, false, EXPECT_NOTICE },
 		{ "retry.db", 100, 0, true, false, EXPECT_NOTICE },
 		{ "retry.db", 4096, 4096, false, false, EXPECT_EITHER },
 		{ "retry.db", 20000, 3000, false, false, EXPECT_EITHER },
 		{ "retry.db", 16384, 4096, false, true, EXPECT_EITHER },
 		{ "retry.db", 16384 + 64, 64, false, false, EXPECT_EITHER },
-		{ "wait-smtp.db", 0, 100, false, false, EXPECT_NOTICE },
+		{ "wait-smtp.db", 0, 100, false, false, EXPECT_EITHER },
 		{ "__db.0", 0, -1, false, false, EXPECT_INTACT },
 		{ "__db.0", 0, 4096, false, false, EXPECT_INTACT },
 		{ "__db.0", 100, 200, false, false, EXPECT_INTACT },
@@ -1641,6 +1699,285 @@ static void test_bench(void)
 	q_hints_close(&h);
 }
 
+/* ---- a full disk ---- */
+
+/* Every region file has blocks reserved past its end (see
+ * regions_reserve in q_hints.c), where the file system can fallocate. */
+static void test_region_reserve(void)
+{
+	char *dir = db_dir(), path[4400];
+	struct q_hints *h = open_ok(dir);
+	struct dirent *de;
+	DIR *d;
+	int fd, n = 0;
+
+	/* can this file system reserve at all? */
+	snprintf(path, sizeof(path), "%s/probe", dir);
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	CU_ASSERT_FATAL(fd >= 0);
+	if (fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, 4096) < 0 &&
+	    (errno == EOPNOTSUPP || errno == ENOSYS)) {
+		fprintf(stderr, "\n  (no fallocate on %s: reserve not checked) ", dir);
+		close(fd);
+		unlink(path);
+		q_hints_close(&h);
+		return;
+	}
+	close(fd);
+	unlink(path);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(d = opendir(dir));
+	while ((de = readdir(d)) != NULL) {
+		struct stat st;
+
+		if (strncmp(de->d_name, "__db.0", 6) != 0)
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+		CU_ASSERT_EQUAL_FATAL(stat(path, &st), 0);
+		/* at least 3 of the 4 MB reserved past the end */
+		if ((long long)st.st_blocks * 512 < (long long)st.st_size + (3 << 20)) {
+			fprintf(stderr, "\n  %s: %lld bytes, %lld allocated ", path,
+				(long long)st.st_size, (long long)st.st_blocks * 512);
+			CU_FAIL("region file without its reserve");
+		}
+		n++;
+	}
+	closedir(d);
+	CU_ASSERT(n >= 2);
+	/* and it is kept: after a lot of growth, still there */
+	for (int i = 0; i < 20000; i++) {
+		char k[32], v[600];
+
+		snprintf(k, sizeof(k), "grow%06d", i);
+		memset(v, 'v', sizeof(v));
+		if (q_hints_put(h, Q_DB_INDEX, k, strlen(k), v, sizeof(v), NULL) != 0) {
+			CU_FAIL("put");
+			break;
+		}
+	}
+	CU_ASSERT_PTR_NOT_NULL_FATAL(d = opendir(dir));
+	while ((de = readdir(d)) != NULL) {
+		struct stat st;
+
+		if (strncmp(de->d_name, "__db.0", 6) != 0)
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+		CU_ASSERT_EQUAL_FATAL(stat(path, &st), 0);
+		/* an operation never starts with less than 3 MB reserved */
+		CU_ASSERT((long long)st.st_blocks * 512 >=
+			  (long long)st.st_size + (2 << 20));
+	}
+	closedir(d);
+	q_hints_close(&h);
+}
+
+/* Fill fs (a directory on it) to the last block. */
+static void fill_up(const char *filler)
+{
+	static char zero[65536];
+	int fd = open(filler, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+	size_t n = sizeof(zero);
+
+	if (fd < 0)
+		return;
+	while (n >= 512) {
+		if (write(fd, zero, n) < 0)
+			n /= 2;
+	}
+	close(fd);
+}
+
+static size_t count_db(const char *dir, enum q_db db, const char **err)
+{
+	struct q_hints *h = NULL;
+	const char *notice = NULL;
+	size_t n = 0;
+
+	if (q_hints_open(dir, "smtp", &h, &notice, err) != 0)
+		return (size_t)-1;
+	if (q_hints_count(h, db, &n, err) != 0)
+		n = (size_t)-2;
+	q_hints_close(&h);
+	return n;
+}
+
+static int count_fn(const void *key, size_t klen, const void *val,
+		    size_t vlen, void *ctx)
+{
+	(void)key;
+	(void)klen;
+	(void)val;
+	(void)vlen;
+	(*(size_t *)ctx)++;
+	return 0;
+}
+
+/* The child of test_disk_full, in a mount namespace of its own with a
+ * 64 MB tmpfs at mnt. Exit status: 0 fine, 77 cannot mount, else the
+ * failed step. A SIGBUS kills it (the parent reports the signal). */
+static int disk_full_child(const char *mnt)
+{
+	char dir[1100], filler[1200];
+	const char *err = NULL, *notice = NULL;
+	struct q_hints *h = NULL;
+	size_t ok = 0, n;
+	int i, held[8], nheld = 0;
+	DIR *d;
+	struct dirent *de;
+
+	if (unshare(CLONE_NEWNS) < 0 ||
+	    mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
+	    mount("tmpfs", mnt, "tmpfs", MS_NOSUID | MS_NODEV,
+		  "size=64m,mode=0700") < 0)
+		return 77;
+	snprintf(dir, sizeof(dir), "%s/db", mnt);
+	snprintf(filler, sizeof(filler), "%s/filler", mnt);
+
+	/* 1. hints made with room: 300 retry records, 10,000 index records
+	 * of 600 bytes (6 MB of pages) */
+	if (q_hints_open(dir, "smtp", &h, &notice, &err) != 0)
+		return 10;
+	for (i = 0; i < 300; i++) {
+		char k[32];
+
+		snprintf(k, sizeof(k), "base%05d", i);
+		if (q_hints_put(h, Q_DB_RETRY, k, strlen(k), "x", 1, &err) != 0)
+			return 11;
+	}
+	for (i = 0; i < 10000; i++) {
+		char k[32], v[600];
+
+		snprintf(k, sizeof(k), "full%06d", i);
+		memset(v, 'v', sizeof(v));
+		if (q_hints_put(h, Q_DB_INDEX, k, strlen(k), v, sizeof(v),
+				&err) != 0)
+			return 12;
+	}
+	q_hints_close(&h);
+
+	/* 2. fresh regions (no stamp), a cold cache, then the disk fills:
+	 * a walk makes the cache grow past its reserve, and must fail with
+	 * ENOSPC (before: SIGBUS); the first write fails as cleanly */
+	snprintf(filler, sizeof(filler), "%s/qkit.regions", dir);
+	unlink(filler);
+	snprintf(filler, sizeof(filler), "%s/filler", mnt);
+	if (q_hints_open(dir, "smtp", &h, &notice, &err) != 0) {
+		fprintf(stderr, "open: %s\n", err);
+		return 20;
+	}
+	fill_up(filler);
+	n = 0;
+	if (q_hints_iter(h, Q_DB_INDEX, NULL, 0, count_fn, &n, &err) == 0)
+		return 21;              /* 6 MB more cache on a full disk? */
+	if (strstr(err, "No space left on device") == NULL) {
+		fprintf(stderr, "full walk: %s\n", err);
+		return 22;
+	}
+	if (getenv("QKIT_TEST_VERBOSE") != NULL)
+		fprintf(stderr, "full disk: walk stopped after %zu: %s\n", n, err);
+	ok = 10000;
+	if (q_hints_put(h, Q_DB_RETRY, "late", 4, "x", 1, &err) == 0 ||
+	    strstr(err, "No space left on device") == NULL) {
+		fprintf(stderr, "full put: %s\n", err);
+		return 23;
+	}
+	q_hints_close(&h);
+
+	/* 3. a writer dies (recovery needed), and the regions' old space
+	 * cannot come back (held open here): the open fails as "disk full",
+	 * nothing is moved aside */
+	unlink(filler);
+	{
+		int p[2], st;
+		char c;
+		pid_t pid;
+
+		if (pipe(p) < 0)
+			return 30;
+		if ((pid = fork()) == 0) {
+			close(p[0]);
+			writer_child(dir, p[1], 20, 0);
+		}
+		close(p[1]);
+		if (read(p[0], &c, 1) != 1)
+			return 31;
+		close(p[0]);
+		kill(pid, SIGKILL);
+		waitpid(pid, &st, 0);
+	}
+	if ((d = opendir(dir)) == NULL)
+		return 32;
+	while ((de = readdir(d)) != NULL && nheld < 8) {
+		char path[1400];
+
+		if (strncmp(de->d_name, "__db.0", 6) != 0)
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+		if ((held[nheld] = open(path, O_RDONLY | O_CLOEXEC)) >= 0)
+			nheld++;
+	}
+	closedir(d);
+	fill_up(filler);
+	if (q_hints_open(dir, "smtp", &h, &notice, &err) == 0)
+		return 33;
+	if (strstr(err, "No space left on device") == NULL ||
+	    strstr(err, dir) == NULL) {
+		fprintf(stderr, "full recovery: %s\n", err);
+		return 34;
+	}
+	if (getenv("QKIT_TEST_VERBOSE") != NULL)
+		fprintf(stderr, "full disk, recovery: %s\n", err);
+	if ((d = opendir(mnt)) == NULL)
+		return 35;
+	while ((de = readdir(d)) != NULL)
+		if (strstr(de->d_name, ".corrupt-") != NULL)
+			return 36;      /* moved aside: the bug this fixes */
+	closedir(d);
+
+	/* 4. room again: everything is there */
+	while (nheld > 0)
+		close(held[--nheld]);
+	unlink(filler);
+	if ((n = count_db(dir, Q_DB_RETRY, &err)) < 300 + 20 || n > 1000000) {
+		fprintf(stderr, "retry records after the full disk: %zd (%s)\n",
+			(ssize_t)n, n > 1000000 ? err : "");
+		return 40;
+	}
+	if ((n = count_db(dir, Q_DB_INDEX, &err)) < ok) {
+		fprintf(stderr, "index records: %zu of %zu\n", n, ok);
+		return 41;
+	}
+	return 0;
+}
+
+static void test_disk_full(void)
+{
+	char mnt[1024];
+	pid_t pid;
+	int st;
+
+	if (geteuid() != 0) {
+		fprintf(stderr, "\n  (not root: no tmpfs, full disk not tested) ");
+		return;
+	}
+	snprintf(mnt, sizeof(mnt), "%s/mnt", t_tmpdir());
+	CU_ASSERT_EQUAL_FATAL(mkdir(mnt, 0700), 0);
+	pid = fork();
+	CU_ASSERT_FATAL(pid >= 0);
+	if (pid == 0)
+		_exit(disk_full_child(mnt));
+	CU_ASSERT_EQUAL_FATAL(waitpid(pid, &st, 0), pid);
+	if (WIFSIGNALED(st))
+		fprintf(stderr, "\n  full disk: killed by signal %d ", WTERMSIG(st));
+	CU_ASSERT_FATAL(WIFEXITED(st));
+	if (WEXITSTATUS(st) == 77) {
+		fprintf(stderr, "\n  (no tmpfs mount here: full disk not tested) ");
+		return;
+	}
+	if (WEXITSTATUS(st) != 0)
+		fprintf(stderr, "\n  full disk: step %d failed ", WEXITSTATUS(st));
+	CU_ASSERT_EQUAL(WEXITSTATUS(st), 0);
+}
+
 void suite_hints(void)
 {
 	CU_pSuite s = CU_add_suite("hints", NULL, NULL);
@@ -1665,5 +2002,8 @@ void suite_hints(void)
 	CU_add_test(s, "log files stay bounded", test_log_bounded);
 	CU_add_test(s, "corrupt files: notice and fresh start", test_corruption);
 	CU_add_test(s, "corrupt notice names the old files", test_corrupt_notice);
+	CU_add_test(s, "region files keep blocks reserved", test_region_reserve);
+	CU_add_test(s, "a full disk: errors, no SIGBUS, nothing moved aside",
+		    test_disk_full);
 	CU_add_test(s, "benchmark (printed)", test_bench);
 }

@@ -43,6 +43,16 @@ Q_API int q_hints_open(const char *dir, const char *transport,
 		       const char **error_r);
 Q_API void q_hints_close(struct q_hints **h);
 
+/* Damaged hints moved aside (the text names the directory and where it
+ * went): at open, q_hints_open says so through *notice_r (its caller
+ * logs it); found by a later operation, the main log gets a line (q_log)
+ * and the operation fails with the same text. Either way the text is
+ * also passed to fn (process-wide; NULL, the default: written to stderr
+ * when stderr is a terminal, "<program>: warning: hints: <text>").
+ * A full disk is an error (ENOSPC's text, "try again"), never a move. */
+typedef void q_hints_notice_fn(const char *text);
+Q_API void q_hints_set_notice_fn(q_hints_notice_fn *fn);
+
 /* Name of a database as stored ("index", "retry", "wait-smtp", ...). */
 Q_API const char *q_hints_db_name(const struct q_hints *h, enum q_db db);
 /* Look a name up ("retry", "wait", "wait-smtp", ...): 0 and *db_r, or -1. */
