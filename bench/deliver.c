@@ -235,7 +235,11 @@ int main(int argc, char **argv)
 		     (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
 	char *js = slurp(out);
 	kill(sink, SIGTERM);
-	waitpid(sink, NULL, 0);
+	struct rusage sru;
+	double scpu = -1;
+	if (wait4(sink, NULL, 0, &sru) == sink)
+		scpu = (double)sru.ru_utime.tv_sec + (double)sru.ru_utime.tv_usec / 1e6 +
+		       (double)sru.ru_stime.tv_sec + (double)sru.ru_stime.tv_usec / 1e6;
 
 	printf("bench/deliver: N=%ld messages (%ld recipients) to D=%ld domains, "
 	       "%s sink on loopback, qrun -P %d\n", n, rcpts, d,
@@ -247,6 +251,9 @@ int main(int argc, char **argv)
 	       jfield(js, "deferred"));
 	printf("  wall %.3f s  ->  %.0f messages/s\n", wall, (double)n / wall);
 	printf("  qrun CPU %.3f s  ->  %.1f us per message\n", cpu, cpu * 1e6 / (double)n);
+	if (scpu >= 0)
+		printf("  the sink's CPU (whole life, wait4) %.3f s; qrun's share of the "
+		       "machine's 2 x wall: %.0f%%\n", scpu, 100.0 * cpu / (2.0 * wall));
 	printf("  connections %ld, TLS handshakes %ld (resumed %ld)\n",
 	       jfield(js, "connections"), jfield(js, "tls"), jfield(js, "tls_resumed"));
 	printf("  peak memory (max RSS) %.1f MB\n", (double)ru.ru_maxrss / 1024.0);

@@ -36,6 +36,12 @@ static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t log_once = PTHREAD_ONCE_INIT;
 static int log_fd = -1;
 static bool log_syslog;
+static _Atomic bool log_on;  /* log_fd >= 0 || log_syslog, read unlocked */
+static _Atomic pid_t log_pid; /* getpid() once, not per line; 0 after fork */
+static _Thread_local bool held;          /* q_log_hold */
+static _Thread_local struct q_buf hold;  /* the held lines */
+
+#define HOLD_MAX (64u * 1024)  /* held bytes written before the release */
 
 /* fork() while another thread holds log_lock would leave the child's copy
  * locked for ever: hold it across fork so that both sides start unlocked. */
@@ -49,9 +55,15 @@ static void atfork_release(void)
 	pthread_mutex_unlock(&log_lock);
 }
 
+static void atfork_child(void)
+{
+	log_pid = 0;
+	pthread_mutex_unlock(&log_lock);
+}
+
 static void log_init_once(void)
 {
-	pthread_atfork(atfork_prepare, atfork_release, atfork_release);
+	pthread_atfork(atfork_prepare, atfork_release, atfork_child);
 }
 
 int q_log_open(const char *spool_dir, bool use_syslog, const char **error_r)
@@ -93,6 +105,7 @@ int q_log_open(const char *spool_dir, bool use_syslog, const char **error_r)
 	else if (!use_syslog && log_syslog)
 		closelog();
 	log_syslog = use_syslog;
+	log_on = true;
 	pthread_mutex_unlock(&log_lock);
 	return 0;
 }
@@ -106,6 +119,7 @@ void q_log_close(void)
 	if (log_syslog)
 		closelog();
 	log_syslog = false;
+	log_on = false;
 	pthread_mutex_unlock(&log_lock);
 }
 
@@ -145,6 +159,35 @@ static void write_all(int fd, const char *p, size_t n)
 	}
 }
 
+/* Write what this thread holds (one write) and keep holding. */
+static void q_log_release_keep(void)
+{
+	if (hold.len > 0) {
+		pthread_mutex_lock(&log_lock);
+		if (log_fd >= 0)
+			write_all(log_fd, hold.data, hold.len);
+		pthread_mutex_unlock(&log_lock);
+	}
+	q_buf_reset(&hold);
+}
+
+void q_log_hold(void)
+{
+	held = true;
+}
+
+void q_log_release(void)
+{
+	int saved_errno = errno;
+
+	if (!held)
+		return;
+	q_log_release_keep();
+	q_buf_free(&hold);
+	held = false;
+	errno = saved_errno;
+}
+
 void q_log(const char *fmt, ...)
 {
 	int saved_errno = errno;
@@ -156,10 +199,11 @@ void q_log(const char *fmt, ...)
 	time_t now;
 	va_list ap;
 	bool active;
+	pid_t pid;
 
-	pthread_mutex_lock(&log_lock);
-	active = log_fd >= 0 || log_syslog;
-	pthread_mutex_unlock(&log_lock);
+	active = log_on;
+	if ((pid = log_pid) == 0)
+		log_pid = pid = getpid();
 	if (!active) {
 		errno = saved_errno;
 		return;
@@ -194,15 +238,22 @@ void q_log(const char *fmt, ...)
 	if (localtime_r(&now, &tm) == NULL ||
 	    strftime(stamp, sizeof(stamp), "%Y-%m-%d %H:%M:%S", &tm) == 0)
 		snprintf(stamp, sizeof(stamp), "0000-00-00 00:00:00");
-	if (q_buf_printf(&line, "%s [%ld] ", stamp, (long)getpid()) < 0)
+	if (q_buf_printf(&line, "%s [%ld] ", stamp, (long)pid) < 0)
 		goto out;
 	head = line.len;
 	if (escape_text(&line, text, textlen) < 0 || q_buf_addc(&line, '\n') < 0)
 		goto out;
 
-	pthread_mutex_lock(&log_lock);
-	if (log_fd >= 0)
-		write_all(log_fd, line.data, line.len);
+	if (held && q_buf_add(&hold, line.data, line.len) == 0) {
+		/* the file gets it at the release; syslog now */
+		if (hold.len >= HOLD_MAX)
+			q_log_release_keep();
+		pthread_mutex_lock(&log_lock);
+	} else {
+		pthread_mutex_lock(&log_lock);
+		if (log_fd >= 0)
+			write_all(log_fd, line.data, line.len);
+	}
 	if (log_syslog) {
 		line.data[line.len - 1] = '\0';
 		syslog(LOG_INFO, "%s", line.data + head);

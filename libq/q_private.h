@@ -20,4 +20,12 @@ const char *q_err_last(void);
 /* Base-62 digits in ASCII order: 0-9A-Za-z. */
 extern const char q_b62[63];
 
+/* q_log.c: until q_log_release, this thread's q_log lines are kept and
+ * then written together in one write(2) (the results of one message
+ * are one append to the main log instead of one per recipient). Only
+ * around code that does not wait for the network: a process killed in
+ * between loses the held lines. */
+void q_log_hold(void);
+void q_log_release(void);
+
 #endif

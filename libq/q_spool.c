@@ -16,7 +16,8 @@
  *     rcpt ADDR STATE TRIES LAST-TIME CODE HOST TEXT
  *     end                            written last: its absence = truncated
  *
- * -J format: one line per recipient result, appended by one write():
+ * -J format: one line per recipient result; the lines of one call (or,
+ * with Q_JOURNAL_HOLD, of one SMTP transaction) appended by one write():
  *
  *     RCPT-INDEX STATE TIME CODE HOST TEXT
  *
@@ -52,7 +53,12 @@
  *   journal, commit, remove: the lazily opened directory fds and the
  *   hints handle are guarded by lazy_mu), one struct q_msg per thread at
  *   a time; q_spool_list and q_index_rebuild are for one thread (they
- *   keep the listing stamps). After fork()
+ *   keep the listing stamps). With q_spool_reaper_start (the runner),
+ *   removals of completed messages are handed to REAPERS threads that
+ *   unlink the files and only then close -D (the lock), so a worker never
+ *   waits for the file system to free blocks (on this kind of disk, ext4
+ *   with online discard, a few ms per file) and no other process can
+ *   lock a message that is half removed. After fork()
  *   the child must not use the parent's hints handle: q_spool_hints
  *   notices the pid change and opens a new one (the parent's is left
  *   alone, not closed).
@@ -78,6 +84,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -111,8 +118,11 @@ struct reap {
 	int split, dfd, jfd;
 };
 
-#define REAPERS    4     /* threads: the waits of the file system overlap */
+#define REAPERS    8     /* threads: the waits of the file system overlap */
 #define REAP_TAKE  32    /* items a thread takes at a time */
+
+#define REAP_NICE  10    /* the threads' nice value (Linux: per thread) */
+#define REAP_IDX   128   /* index records deleted per transaction */
 
 struct reaper {
 	pthread_t th[REAPERS];
@@ -120,7 +130,13 @@ struct reaper {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	struct reap *head, **tail;
+	size_t n;                    /* items queued */
 	bool stop;
+	/* ids of removed messages whose index records are still there:
+	 * deleted REAP_IDX at a time (the index is a hint; a listing never
+	 * shows a message whose files are gone) */
+	char (*idx)[Q_ID_LEN + 1];
+	size_t nidx;
 };
 
 struct q_msg {
@@ -1783,11 +1799,16 @@ static int msg_unlink_all(struct q_msg *m, const char **error_r)
 			it->next = NULL;
 			m->dfd = m->jfd = -1;
 			m->gone = true;
-			pthread_mutex_lock(&s->reaper->mu);
-			*s->reaper->tail = it;
-			s->reaper->tail = &it->next;
-			pthread_cond_signal(&s->reaper->cv);
-			pthread_mutex_unlock(&s->reaper->mu);
+			struct reaper *rp = s->reaper;
+
+			pthread_mutex_lock(&rp->mu);
+			*rp->tail = it;
+			rp->tail = &it->next;
+			/* wake a thread for a new list, or another one for
+			 * each REAP_TAKE more (not a wake-up per message) */
+			if (rp->n++ % REAP_TAKE == 0)
+				pthread_cond_signal(&rp->cv);
+			pthread_mutex_unlock(&rp->mu);
 			return 0;
 		}
 	}
@@ -1821,11 +1842,25 @@ static int msg_unlink_all(struct q_msg *m, const char **error_r)
 /* The reaper's work on a list of completed messages: unlink each one's
  * files (the same order as msg_unlink_all), delete their index records
  * in one transaction per Q_HINTS_BATCH_MAX, then release their locks. */
+/* Delete the index records of ids[0..n) (the reaper's idx array). */
+static void reap_index(struct q_spool *s, char (*ids)[Q_ID_LEN + 1], size_t n)
+{
+	struct q_hints_item items[REAP_IDX];
+	struct q_hints *h = hints_quiet(s);
+
+	for (size_t i = 0; i < n; i++)
+		items[i] = (struct q_hints_item){ Q_HINTS_BDEL, ids[i], NULL,
+						  Q_ID_LEN, 0 };
+	if (h != NULL && n > 0)
+		(void)q_hints_batch(h, Q_DB_INDEX, items, n, NULL);
+}
+
 static void reap_list(struct q_spool *s, struct reap *list)
 {
-	struct q_hints_item items[Q_HINTS_BATCH_MAX];
-	struct q_hints *h = hints_quiet(s);
-	size_t n = 0;
+	struct reaper *rp = s->reaper;
+	char (*full)[Q_ID_LEN + 1] = NULL;
+	char (*done)[Q_ID_LEN + 1] = malloc(REAP_TAKE * sizeof(*done));
+	size_t ndone = 0;
 
 	for (struct reap *it = list; it != NULL; it = it->next) {
 		static const char kinds[] = "HDJ";
@@ -1848,16 +1883,29 @@ static void reap_list(struct q_spool *s, struct reap *list)
 		if (!ok)
 			continue;
 		(void)unlinkat(s->msglog_fd, it->id, 0);
-		items[n++] = (struct q_hints_item){ Q_HINTS_BDEL, it->id, NULL,
-						    Q_ID_LEN, 0 };
-		if (n == Q_HINTS_BATCH_MAX || it->next == NULL) {
-			if (h != NULL)
-				(void)q_hints_batch(h, Q_DB_INDEX, items, n, NULL);
-			n = 0;
+		if (done != NULL && ndone < REAP_TAKE)
+			memcpy(done[ndone++], it->id, Q_ID_LEN + 1);
+	}
+	/* the ids go to the shared list under one lock per list */
+	pthread_mutex_lock(&rp->mu);
+	for (size_t i = 0; i < ndone; i++) {
+		if (rp->idx == NULL &&
+		    (rp->idx = malloc(REAP_IDX * sizeof(*rp->idx))) == NULL)
+			break;
+		memcpy(rp->idx[rp->nidx++], done[i], Q_ID_LEN + 1);
+		if (rp->nidx == REAP_IDX) {
+			full = rp->idx;         /* this thread deletes them */
+			rp->idx = NULL;
+			rp->nidx = 0;
+			pthread_mutex_unlock(&rp->mu);
+			reap_index(s, full, REAP_IDX);
+			free(full);
+			full = NULL;
+			pthread_mutex_lock(&rp->mu);
 		}
 	}
-	if (n > 0 && h != NULL)
-		(void)q_hints_batch(h, Q_DB_INDEX, items, n, NULL);
+	pthread_mutex_unlock(&rp->mu);
+	free(done);
 	while (list != NULL) {
 		struct reap *next = list->next;
 
@@ -1872,6 +1920,9 @@ static void *reaper_main(void *arg)
 	struct q_spool *s = arg;
 	struct reaper *rp = s->reaper;
 
+	/* behind the workers (and the peers they wait for) for the CPU:
+	 * removals only have to be done by the end of the run */
+	(void)setpriority(PRIO_PROCESS, (id_t)gettid(), REAP_NICE);
 	pthread_mutex_lock(&rp->mu);
 	for (;;) {
 		struct reap *list = rp->head, *last = list;
@@ -1890,6 +1941,7 @@ static void *reaper_main(void *arg)
 		rp->head = last->next;
 		if (rp->head == NULL)
 			rp->tail = &rp->head;
+		rp->n -= n;
 		last->next = NULL;
 		pthread_mutex_unlock(&rp->mu);
 		reap_list(s, list);
@@ -1938,6 +1990,8 @@ void q_spool_reaper_stop(struct q_spool *s)
 	pthread_mutex_unlock(&rp->mu);
 	for (unsigned i = 0; i < rp->nth; i++)
 		pthread_join(rp->th[i], NULL);
+	reap_index(s, rp->idx, rp->nidx);
+	free(rp->idx);
 	s->reaper = NULL;
 	pthread_cond_destroy(&rp->cv);
 	pthread_mutex_destroy(&rp->mu);

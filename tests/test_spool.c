@@ -7,6 +7,7 @@
  */
 #include "config.h"
 #include "q_private.h"
+#include "q_spool-private.h"
 #include "q/spool.h"
 #include "q/hints.h"
 #include "q/log.h"
@@ -756,6 +757,125 @@ static void test_commit(void)
 	q_spool_close(&s);
 }
 
+/* Q_JOURNAL_HOLD: results applied at once, written in one piece by the
+ * flush; held lines are not lost when the message is unlocked. */
+static void test_journal_hold(void)
+{
+	struct q_spool *s = new_spool();
+	const char *rc[] = { "a@example.com", "b@example.com", "c@example.com",
+			     "d@example.com" };
+	char id[Q_ID_LEN + 1], path[PATH_MAX];
+	struct q_msg *m = NULL;
+	const char *err = NULL;
+	unsigned hold = Q_JOURNAL_HOLD | Q_JOURNAL_NOSYNC;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+	CU_ASSERT_EQUAL_FATAL(mk(s, "s@example.com", rc, 4, "x\r\n", id), 0);
+	q_spool_path(s, id, 'J', path, sizeof(path));
+	CU_ASSERT_EQUAL_FATAL(q_msg_lock(s, id, &m, &err), 0);
+	CU_ASSERT_EQUAL(q_msg_journal(m, 0, 'D', 250, "mx", "ok", hold, &err), 0);
+	CU_ASSERT_EQUAL(q_msg_journal(m, 1, 'F', 550, "mx", "no", hold, &err), 0);
+	CU_ASSERT_EQUAL(q_msg_env(m)->rcpt[0].state, 'D');   /* applied */
+	CU_ASSERT_EQUAL(q_msg_env(m)->rcpt[1].state, 'F');
+	CU_ASSERT_EQUAL(size_of(path), 0);                    /* not written */
+	/* twice for one recipient is refused, held or not */
+	CU_ASSERT_EQUAL(q_msg_journal(m, 0, 'D', 250, "mx", "ok", hold, &err), -1);
+	CU_ASSERT_EQUAL(q_msg_journal_flush(m, Q_JOURNAL_NOSYNC, &err), 0);
+	long long one = size_of(path);
+	CU_ASSERT(one > 0);
+	CU_ASSERT_EQUAL(q_msg_journal_flush(m, 0, &err), 0);  /* nothing held */
+	CU_ASSERT_EQUAL(size_of(path), one);
+	/* held, then one without HOLD: the held line goes first */
+	CU_ASSERT_EQUAL(q_msg_journal(m, 2, 'P', 451, "mx", "later", hold, &err), 0);
+	CU_ASSERT_EQUAL(q_msg_journal(m, 3, 'D', 250, "mx", "ok", 0, &err), 0);
+	{
+		char buf[512] = "";
+		FILE *f = fopen(path, "r");
+		size_t n = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+
+		if (f)
+			fclose(f);
+		buf[n] = '\0';
+		CU_ASSERT(strncmp(buf, "0 D ", 4) == 0);
+		CU_ASSERT_PTR_NOT_NULL(strstr(buf, "\n1 F "));
+		CU_ASSERT(strstr(buf, "\n2 P ") != NULL &&
+			  strstr(buf, "\n2 P ") < strstr(buf, "\n3 D "));
+	}
+	q_msg_unlock(&m);
+	/* held at unlock: written by the unlock, seen by the next reader */
+	CU_ASSERT_EQUAL_FATAL(q_msg_lock(s, id, &m, &err), 0);
+	CU_ASSERT_EQUAL(q_msg_env(m)->rcpt[2].state, 'P');
+	CU_ASSERT_EQUAL(q_msg_env(m)->rcpt[2].tries, 1);
+	CU_ASSERT_EQUAL(q_msg_journal(m, 2, 'D', 250, "mx", "ok", hold, &err), 0);
+	q_msg_unlock(&m);
+	CU_ASSERT_EQUAL_FATAL(q_msg_lock(s, id, &m, &err), 0);
+	CU_ASSERT_EQUAL(q_env_pending(q_msg_env(m)), 0);
+	CU_ASSERT_EQUAL(q_msg_env(m)->rcpt[3].state, 'D');
+	q_msg_unlock(&m);
+	q_spool_close(&s);
+}
+
+/* The reaper: a completed message stays locked until its files are gone
+ * (never lockable again), and nothing is left once it has stopped. */
+static void test_reaper(void)
+{
+	struct q_spool *s = new_spool();
+	const char *rc[] = { "a@example.com" };
+	enum { N = 300 };
+	static char ids[N][Q_ID_LEN + 1];
+	struct q_hints *h = NULL;
+	struct q_index_rec r;
+	const char *err = NULL;
+	char path[PATH_MAX];
+	size_t count = 99;
+	int relocked = 0;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+	CU_ASSERT_EQUAL_FATAL(q_spool_hints(s, &h, &err), 0);
+	for (int i = 0; i < N; i++)
+		CU_ASSERT_EQUAL_FATAL(mk(s, "s@example.com", rc, 1, "x\r\n", ids[i]), 0);
+	CU_ASSERT_EQUAL_FATAL(q_spool_reaper_start(s, &err), 0);
+	for (int i = 0; i < N; i++) {
+		struct q_msg *m = NULL, *again = NULL;
+
+		CU_ASSERT_EQUAL_FATAL(q_msg_lock(s, ids[i], &m, &err), 0);
+		CU_ASSERT_EQUAL(q_msg_journal(m, 0, 'D', 250, "mx", "ok",
+					      Q_JOURNAL_NOSYNC | Q_JOURNAL_HOLD, &err), 0);
+		CU_ASSERT_EQUAL(q_msg_commit(m, 0, &err), 0);
+		q_msg_unlock(&m);
+		/* busy while the reaper holds it, then gone: never lockable */
+		int ret = q_msg_lock(s, ids[i], &again, &err);
+		CU_ASSERT(ret == Q_BUSY || ret == Q_NOTFOUND);
+		if (ret == 0) {
+			relocked++;
+			q_msg_unlock(&again);
+		}
+	}
+	CU_ASSERT_EQUAL(relocked, 0);
+	q_spool_reaper_stop(s);
+	for (int i = 0; i < N; i++) {
+		CU_ASSERT_FALSE(exists(q_spool_path(s, ids[i], 'H', path, sizeof(path))));
+		CU_ASSERT_FALSE(exists(q_spool_path(s, ids[i], 'D', path, sizeof(path))));
+		CU_ASSERT_FALSE(exists(q_spool_path(s, ids[i], 'J', path, sizeof(path))));
+		CU_ASSERT_EQUAL(q_index_get(h, ids[i], &r, &err), Q_NOTFOUND);
+	}
+	CU_ASSERT_EQUAL(q_spool_count(s, &count, &err), 0);
+	CU_ASSERT_EQUAL(count, 0);
+	/* stopped: commits remove at once again */
+	{
+		char id[Q_ID_LEN + 1];
+		struct q_msg *m = NULL;
+
+		CU_ASSERT_EQUAL_FATAL(mk(s, "s@example.com", rc, 1, "x\r\n", id), 0);
+		CU_ASSERT_EQUAL_FATAL(q_msg_lock(s, id, &m, &err), 0);
+		CU_ASSERT_EQUAL(q_msg_journal(m, 0, 'D', 250, "mx", "ok", 0, &err), 0);
+		CU_ASSERT_EQUAL(q_msg_commit(m, 0, &err), 0);
+		CU_ASSERT_FALSE(exists(q_spool_path(s, id, 'H', path, sizeof(path))));
+		q_msg_unlock(&m);
+	}
+	q_spool_close(&s);
+}
+
 static void test_freeze_thaw_remove(void)
 {
 	struct q_spool *s = new_spool();
@@ -957,6 +1077,8 @@ void suite_spool(void)
 	CU_add_test(s, "corrupt -H: random damage", test_corrupt_random);
 	CU_add_test(s, "corrupt -H: logged", test_corrupt_logged);
 	CU_add_test(s, "commit", test_commit);
+	CU_add_test(s, "journal: held results, one write", test_journal_hold);
+	CU_add_test(s, "reaper: removed after commit, never relocked", test_reaper);
 	CU_add_test(s, "freeze, thaw, remove", test_freeze_thaw_remove);
 	CU_add_test(s, "msglog", test_msglog);
 	CU_add_test(s, "SIGKILL during create", test_sigkill_create);
