@@ -21,14 +21,9 @@
  *    (as q_retry_fail does with the stored record), q_slot_stale (as
  *    q_serialize_take and q_serialize_clean do).
  *
- * Known open bugs (tests/fuzz/README, "Findings"; inputs in
- * tests/fuzz/regress/record/): q_retry_compute and q_slot_stale subtract
- * stored times from now in signed arithmetic, which overflows for times
- * near INT64_MIN/INT64_MAX. With QKIT_FUZZ_SKIP_KNOWN=1 (make fuzz-run
- * sets it) those two are not called on records with a time beyond
- * +-2^61, so that fuzzing goes on past the known bugs; make fuzz-regress
- * replays the inputs without the guard (and fails until they are fixed).
- * Remove the guard when they are.
+ * Found here: q_retry_compute and q_slot_stale subtracted stored times
+ * from now in signed arithmetic (overflow for times near INT64_MIN/MAX);
+ * fixed in c019def, inputs in tests/fuzz/regress/record/.
  */
 #include "config.h"
 #include "q/hints.h"
@@ -41,19 +36,6 @@
 
 #define NOW ((time_t)1700000000)
 #define BOOT "0f0e0d0c-0b0a-0908-0706-050403020100"
-
-static bool skip_known(long long t1, long long t2, long long t3)
-{
-	static int skip = -1;
-	const long long lim = 1LL << 61;
-
-	if (skip < 0) {
-		const char *e = getenv("QKIT_FUZZ_SKIP_KNOWN");
-		skip = e != NULL && e[0] == '1';
-	}
-	return skip && (t1 < -lim || t1 > lim || t2 < -lim || t2 > lim ||
-			t3 < -lim || t3 > lim);
-}
 
 static void same_bytes(const struct q_buf *b, const uint8_t *d, size_t n,
 		       const char *what)
@@ -93,14 +75,11 @@ static void retry_rec(const uint8_t *d, size_t n)
 	(void)q_retry_host_use(&r, NULL, NOW - 3600, NOW);
 	(void)q_retry_host_use(&r, NULL, 0, NOW);
 	(void)q_retry_try_after_cutoff(&r, NOW - 86400);
-	if (skip_known(r.first_failed, r.last_try, r.next_try))
-		goto out;
 	q_retry_compute(&r, NULL, 0, NOW);
 	FZ_CHECK(r.last_try == NOW && r.next_try >= NOW &&
 		 r.next_try - NOW <= 86400, "q_retry_compute on a stored record: "
 		 "last_try %lld next_try %lld", (long long)r.last_try,
 		 (long long)r.next_try);
-out:
 	q_retry_rec_clear(&r);
 	q_buf_free(&b);
 }
@@ -137,8 +116,6 @@ static void slot_rec(const uint8_t *d, size_t n)
 	}
 	FZ_CHECK(memchr(s.boot_id, '\0', sizeof(s.boot_id)) != NULL,
 		 "boot_id unterminated");
-	if (skip_known(s.taken, 0, 0))
-		return;
 	/* pid: signal 0 only asks whether it exists */
 	(void)q_slot_stale(&s, NOW, BOOT);
 	(void)q_slot_stale(&s, NOW, s.boot_id);

@@ -10,7 +10,6 @@
 # (default tests/fuzz/bin) for SECONDS (default 60). Prints libFuzzer's
 # last status line (executions, cov:, ft:, corp:, exec/s) and the corpus
 # size. Runs every target even when one fails; exits 1 if any failed.
-# QKIT_FUZZ_SKIP_KNOWN defaults to 1 (see tests/fuzz/README).
 bin=tests/fuzz/bin
 work=build/fuzz-run
 secs=60
@@ -26,8 +25,6 @@ while getopts b:w:s:o: c; do
 	esac
 done
 shift $((OPTIND - 1))
-QKIT_FUZZ_SKIP_KNOWN=${QKIT_FUZZ_SKIP_KNOWN-1}
-export QKIT_FUZZ_SKIP_KNOWN
 rc=0
 for t in "$@"; do
 	w=$work/$t
