@@ -259,107 +259,12 @@ static bool has_ctl(const char *s, size_t len)
 
 /* ---- the server ------------------------------------------------------ */
 
-struct srv {
-	pid_t pid;
-	char out[PATH_MAX + 32];
-	char rec[PATH_MAX + 32];
-	unsigned port;
-	char stats[256];
-};
-
-static int srv_start(struct srv *s, const struct ctx *c, const char *script,
+static int srv_start(struct ts_smtpd *s, const struct ctx *c, const char *script,
 		     const char *crt, const char *key)
 {
-	const char *argv[20];
-	char sc[PATH_MAX + 32], rest[128];
-	int n = 0;
+	const char *tls[] = { "-c", crt, "-k", key, NULL };
 
-	memset(s, 0, sizeof(*s));
-	s->pid = -1;
-	snprintf(s->out, sizeof(s->out), "%s/srv.out", c->dir);
-	snprintf(s->rec, sizeof(s->rec), "%s/srv.rec", c->dir);
-	snprintf(sc, sizeof(sc), "%s/srv.script", c->dir);
-	if (t_write_file(sc, script) != 0)
-		return -1;
-	argv[n++] = t_bin("smtpd");
-	argv[n++] = "-p";
-	argv[n++] = "0";
-	argv[n++] = "-t";
-	argv[n++] = "20";
-	argv[n++] = "-r";
-	argv[n++] = s->rec;
-	argv[n++] = "-s";
-	argv[n++] = sc;
-	if (crt != NULL) {
-		argv[n++] = "-c";
-		argv[n++] = crt;
-		argv[n++] = "-k";
-		argv[n++] = key;
-	}
-	argv[n] = NULL;
-	if (argv[0] == NULL)
-		return -1;
-	s->pid = ts_spawn(argv, NULL, s->out);
-	if (s->pid <= 0)
-		return -1;
-	if (ts_wait_line(s->out, "READY ", 10000, rest, sizeof(rest)) != 0) {
-		fprintf(stderr, "smtpd did not start: %s\n", s->out);
-		ts_stop(s->pid);
-		s->pid = -1;
-		return -1;
-	}
-	s->port = (unsigned)strtoul(rest, NULL, 10);
-	return s->port ? 0 : -1;
-}
-
-static void srv_stop(struct srv *s)
-{
-	char *out;
-
-	if (s->pid <= 0)
-		return;
-	ts_stop(s->pid);
-	s->pid = -1;
-	out = t_read_file(s->out, NULL);
-	s->stats[0] = '\0';
-	for (char *p = out; p && (p = strstr(p, "STATS ")) != NULL; p++)
-		snprintf(s->stats, sizeof(s->stats), "%.*s", (int)strcspn(p, "\n"), p);
-	free(out);
-}
-
-static long sstat(const struct srv *s, const char *name)
-{
-	char key[32];
-	const char *p;
-
-	snprintf(key, sizeof(key), " %s=", name);
-	p = strstr(s->stats, key);
-	return p ? strtol(p + strlen(key), NULL, 10) : -1;
-}
-
-/* Lines "<conn> <event> ..." of the record containing needle (NULL:
- * any). */
-static int rec_count(const struct srv *s, const char *event, const char *needle)
-{
-	char *rec = t_read_file(s->rec, NULL);
-	char ev[40];
-	int n = 0;
-
-	snprintf(ev, sizeof(ev), " %s ", event);
-	for (char *p = rec; p && *p;) {
-		char *nl = strchr(p, '\n');
-
-		if (nl)
-			*nl = '\0';
-		char *e = strstr(p, ev);
-		/* the event is the second field */
-		if (e != NULL && e == p + strspn(p, "0123456789") &&
-		    (needle == NULL || strstr(e, needle) != NULL))
-			n++;
-		p = nl ? nl + 1 : NULL;
-	}
-	free(rec);
-	return n;
+	return ts_smtpd_start(s, c->dir, script, crt != NULL ? tls : NULL);
 }
 
 /* ---- a certificate for STARTTLS (made once, self-signed, mx.test) ---- */
@@ -605,7 +510,7 @@ static const struct peer peers[] = {
 static void run_peer(const struct peer *p)
 {
 	struct ctx c;
-	struct srv s;
+	struct ts_smtpd s;
 	struct t_out o;
 	struct timespec t0, t1;
 	char ids[NMSG][Q_ID_LEN + 1], key[256], kind[64];
@@ -657,9 +562,9 @@ static void run_peer(const struct peer *p)
 	      "control characters in qctl retry's output");
 	t_out_free(&ro);
 
-	srv_stop(&s);
-	long smsgs = sstat(&s, "msgs"), srcpts = sstat(&s, "rcpts");
-	long sconns = sstat(&s, "conns");
+	ts_smtpd_stop(&s);
+	long smsgs = ts_smtpd_stat(&s, "msgs"), srcpts = ts_smtpd_stat(&s, "rcpts");
+	long sconns = ts_smtpd_stat(&s, "conns");
 
 	/* never delivered what the server did not take */
 	CHECK(row, delivered >= 0 && srcpts >= 0 && delivered <= srcpts,
@@ -720,11 +625,11 @@ static void run_peer(const struct peer *p)
 		}
 	}
 	if (p->flags & REQTLS)
-		CHECK(row, rec_count(&s, "cmd", "MAIL FROM") == 0,
+		CHECK(row, ts_smtpd_events(&s, "cmd", "MAIL FROM") == 0,
 		      "MAIL sent in clear although TLS was required");
 	if (p->flags & NOQUIT)
-		CHECK(row, rec_count(&s, "cmd", "QUIT") == 0 &&
-		      rec_count(&s, "cmd", "RSET") == 0,
+		CHECK(row, ts_smtpd_events(&s, "cmd", "QUIT") == 0 &&
+		      ts_smtpd_events(&s, "cmd", "RSET") == 0,
 		      "commands sent after a 421");
 	free(rj);
 }

@@ -245,107 +245,10 @@ static void retry_rec(const char *json, const char *key, char kind[64],
 
 /* ---- tests/smtpd ----------------------------------------------------- */
 
-struct srv {
-	pid_t pid;
-	char out[PATH_MAX + 32];
-	char rec[PATH_MAX + 32];
-	unsigned port;
-	char stats[256];
-};
-
-static int srv_start(struct srv *s, const struct ctx *c, const char *script,
+static int srv_start(struct ts_smtpd *s, const struct ctx *c, const char *script,
 		     const char *const extra[])
 {
-	const char *argv[24];
-	char sc[PATH_MAX + 32], rest[128];
-	int n = 0;
-
-	memset(s, 0, sizeof(*s));
-	s->pid = -1;
-	snprintf(s->out, sizeof(s->out), "%s/srv.out", c->dir);
-	snprintf(s->rec, sizeof(s->rec), "%s/srv.rec", c->dir);
-	argv[n++] = t_bin("smtpd");
-	argv[n++] = "-p";
-	argv[n++] = "0";
-	argv[n++] = "-t";
-	argv[n++] = "20";
-	argv[n++] = "-r";
-	argv[n++] = s->rec;
-	if (script != NULL) {
-		snprintf(sc, sizeof(sc), "%s/srv.script", c->dir);
-		if (t_write_file(sc, script) != 0)
-			return -1;
-		argv[n++] = "-s";
-		argv[n++] = sc;
-	}
-	for (int i = 0; extra && extra[i] && n < 23; i++)
-		argv[n++] = extra[i];
-	argv[n] = NULL;
-	if (argv[0] == NULL)
-		return -1;
-	s->pid = ts_spawn(argv, NULL, s->out);
-	if (s->pid <= 0)
-		return -1;
-	if (ts_wait_line(s->out, "READY ", 10000, rest, sizeof(rest)) != 0) {
-		char *out = t_read_file(s->out, NULL);
-
-		fprintf(stderr, "smtpd did not start: %s\n", out ? out : "");
-		free(out);
-		ts_stop(s->pid);
-		s->pid = -1;
-		return -1;
-	}
-	s->port = (unsigned)strtoul(rest, NULL, 10);
-	return s->port ? 0 : -1;
-}
-
-static void srv_stop(struct srv *s)
-{
-	char *out;
-
-	if (s->pid <= 0)
-		return;
-	ts_stop(s->pid);
-	s->pid = -1;
-	out = t_read_file(s->out, NULL);
-	s->stats[0] = '\0';
-	for (char *p = out; p && (p = strstr(p, "STATS ")) != NULL; p++)
-		snprintf(s->stats, sizeof(s->stats), "%.*s", (int)strcspn(p, "\n"), p);
-	free(out);
-}
-
-static long sstat(const struct srv *s, const char *name)
-{
-	char key[32];
-	const char *p;
-
-	snprintf(key, sizeof(key), " %s=", name);
-	p = strstr(s->stats, key);
-	return p ? strtol(p + strlen(key), NULL, 10) : -1;
-}
-
-/* Lines of the record whose event (second field) is event and that
- * contain needle (NULL: any). */
-static int rec_count(const struct srv *s, const char *event, const char *needle)
-{
-	char *rec = t_read_file(s->rec, NULL);
-	char ev[40];
-	int n = 0;
-
-	snprintf(ev, sizeof(ev), " %s ", event);
-	for (char *p = rec; p && *p;) {
-		char *nl = strchr(p, '\n');
-
-		if (nl)
-			*nl = '\0';
-		char *e = strstr(p, ev);
-		if (e != NULL && e == p + strspn(p, "0123456789") &&
-		    (needle == NULL || strstr(e, needle) != NULL))
-			n++;
-		p = nl ? nl + 1 : NULL;
-	}
-	free(rec);
-	return n;
+	return ts_smtpd_start(s, c->dir, script, extra);
 }
 
 /* ====================================================================== */
@@ -588,7 +491,7 @@ static const struct vcase vcases[] = {
 static void run_vcase(const struct vcase *v)
 {
 	struct ctx c;
-	struct srv s;
+	struct ts_smtpd s;
 	struct t_out o;
 	char id[Q_ID_LEN + 1], key[128], kind[64], text[512];
 	const char *row = v->name;
@@ -611,7 +514,7 @@ static void run_vcase(const struct vcase *v)
 	snprintf(key, sizeof(key), "T:mx.test:127.0.0.1:%u", s.port);
 	retry_rec(rj, key, kind, text);
 	long queued = queue_count(&c);
-	srv_stop(&s);
+	ts_smtpd_stop(&s);
 
 	if (v->ok) {
 		CHECK(row, delivered == 2 && tls == 1,
@@ -619,14 +522,14 @@ static void run_vcase(const struct vcase *v)
 		      delivered, tls);
 		CHECK(row, queued == 0, "%ld left on the queue", queued);
 		CHECK(row, kind[0] == '\0', "a retry record: %s %s", kind, text);
-		CHECK(row, sstat(&s, "msgs") == 1 && sstat(&s, "tls") == 1,
+		CHECK(row, ts_smtpd_stat(&s, "msgs") == 1 && ts_smtpd_stat(&s, "tls") == 1,
 		      "server: %s", s.stats);
 		if (v->tls_max != NULL)
-			CHECK(row, rec_count(&s, "tls", "version=TLSv1.2") == 1,
+			CHECK(row, ts_smtpd_events(&s, "tls", "version=TLSv1.2") == 1,
 			      "not TLS 1.2");
 		/* the message went inside TLS: its MAIL came after the
 		   handshake (the record has no MAIL before "tls") */
-		CHECK(row, rec_count(&s, "cmd", "MAIL FROM") == 1, "MAIL count");
+		CHECK(row, ts_smtpd_events(&s, "cmd", "MAIL FROM") == 1, "MAIL count");
 	} else {
 		CHECK(row, delivered == 0, "delivered %ld", delivered);
 		CHECK(row, queued == 1, "%ld on the queue, expected 1", queued);
@@ -635,11 +538,11 @@ static void run_vcase(const struct vcase *v)
 		CHECK(row, strstr(text, v->why) != NULL ||
 		      (v->why2 && strstr(text, v->why2) != NULL),
 		      "retry text '%s' does not say '%s'", text, v->why);
-		CHECK(row, sstat(&s, "msgs") == 0, "server: %s", s.stats);
+		CHECK(row, ts_smtpd_stat(&s, "msgs") == 0, "server: %s", s.stats);
 		/* never fell back to clear text */
-		CHECK(row, rec_count(&s, "cmd", "MAIL FROM") == 0,
+		CHECK(row, ts_smtpd_events(&s, "cmd", "MAIL FROM") == 0,
 		      "MAIL sent although the certificate failed");
-		CHECK(row, sstat(&s, "tls") == 0 || v->why == NULL,
+		CHECK(row, ts_smtpd_stat(&s, "tls") == 0 || v->why == NULL,
 		      "server counted a completed handshake: %s", s.stats);
 	}
 	free(rj);
@@ -1091,7 +994,7 @@ static void walk_modes(const char *dir, struct walk *w)
 static void test_spool_modes(void)
 {
 	struct ctx c;
-	struct srv s;
+	struct ts_smtpd s;
 	struct t_out o;
 	struct walk w;
 	char id[Q_ID_LEN + 1], parent[PATH_MAX + 16];
@@ -1127,7 +1030,7 @@ static void test_spool_modes(void)
 	run_prog("qhints", &c, NULL, &o, "tidy", NULL);
 	t_out_free(&o);
 	umask(old);
-	srv_stop(&s);
+	ts_smtpd_stop(&s);
 	walk_modes(c.spool, &w);
 	CHECK(row, w.bad == 0 && w.dirs >= 5 && w.files >= 6,
 	      "after a run under umask 000: %d dirs, %d files, %d wrong, "

@@ -179,3 +179,100 @@ int ts_count(const char *file, const char *needle)
 	free(data);
 	return n;
 }
+
+/* ---- tests/smtpd ---- */
+
+int ts_smtpd_start(struct ts_smtpd *s, const char *dir, const char *script,
+		   const char *const extra[])
+{
+	const char *argv[32];
+	char sc[PATH_MAX + 32], rest[128];
+	int n = 0;
+
+	memset(s, 0, sizeof(*s));
+	s->pid = -1;
+	snprintf(s->out, sizeof(s->out), "%s/srv.out", dir);
+	snprintf(s->rec, sizeof(s->rec), "%s/srv.rec", dir);
+	argv[n++] = t_bin("smtpd");
+	argv[n++] = "-p";
+	argv[n++] = "0";
+	argv[n++] = "-t";
+	argv[n++] = "20";
+	argv[n++] = "-r";
+	argv[n++] = s->rec;
+	if (script != NULL) {
+		snprintf(sc, sizeof(sc), "%s/srv.script", dir);
+		if (t_write_file(sc, script) != 0)
+			return -1;
+		argv[n++] = "-s";
+		argv[n++] = sc;
+	}
+	for (int i = 0; extra && extra[i] && n < 31; i++)
+		argv[n++] = extra[i];
+	argv[n] = NULL;
+	if (argv[0] == NULL)
+		return -1;
+	s->pid = ts_spawn(argv, NULL, s->out);
+	if (s->pid <= 0)
+		return -1;
+	if (ts_wait_line(s->out, "READY ", 10000, rest, sizeof(rest)) != 0) {
+		char *out = t_read_file(s->out, NULL);
+
+		fprintf(stderr, "smtpd did not start: %s\n", out ? out : "");
+		free(out);
+		ts_stop(s->pid);
+		s->pid = -1;
+		return -1;
+	}
+	s->port = (unsigned)strtoul(rest, NULL, 10);
+	return s->port ? 0 : -1;
+}
+
+void ts_smtpd_stop(struct ts_smtpd *s)
+{
+	char *out;
+
+	if (s->pid <= 0)
+		return;
+	ts_stop(s->pid);
+	s->pid = -1;
+	out = t_read_file(s->out, NULL);
+	s->stats[0] = '\0';
+	for (char *p = out; p && (p = strstr(p, "STATS ")) != NULL; p++)
+		snprintf(s->stats, sizeof(s->stats), "%.*s", (int)strcspn(p, "\n"), p);
+	free(out);
+}
+
+long ts_smtpd_stat(const struct ts_smtpd *s, const char *name)
+{
+	char key[32];
+	const char *p;
+
+	snprintf(key, sizeof(key), " %s=", name);
+	p = strstr(s->stats, key);
+	return p ? strtol(p + strlen(key), NULL, 10) : -1;
+}
+
+int ts_smtpd_events(const struct ts_smtpd *s, const char *event,
+		    const char *needle)
+{
+	char *rec = t_read_file(s->rec, NULL);
+	char ev[40];
+	int n = 0;
+
+	snprintf(ev, sizeof(ev), " %s ", event);
+	for (char *p = rec; p && *p;) {
+		char *nl = strchr(p, '\n');
+
+		if (nl)
+			*nl = '\0';
+		char *e = strstr(p, ev);
+		/* the event is the second field */
+		if (e != NULL && e == p + strspn(p, "0123456789") &&
+		    (needle == NULL || strstr(e, needle) != NULL))
+			n++;
+		p = nl ? nl + 1 : NULL;
+	}
+	free(rec);
+	return n;
+}

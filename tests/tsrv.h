@@ -6,6 +6,7 @@
 #ifndef QKIT_TSRV_H
 #define QKIT_TSRV_H
 
+#include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
@@ -36,5 +37,28 @@ bool ts_running(pid_t pid);
 
 /* Count lines of file containing needle (-1 when unreadable). */
 int ts_count(const char *file, const char *needle);
+
+/* tests/smtpd in the background for one test: on 127.0.0.1 and a port
+ * it picks (-p 0), a 20 s idle timeout, its output in DIR/srv.out, its
+ * record in DIR/srv.rec, the script (NULL: none, a plain sink) written
+ * to DIR/srv.script, then the extra arguments (NULL-terminated; may be
+ * NULL). start: 0 once it printed READY (s->port set), or -1 with what
+ * it printed on stderr. stop: SIGTERM, and its last "STATS ..." line
+ * kept in s->stats. stat: a field of that line (-1 when absent).
+ * events: record lines whose event (second field) is event and that
+ * contain needle (NULL: any). */
+struct ts_smtpd {
+	pid_t pid;
+	unsigned port;
+	char out[PATH_MAX + 32];
+	char rec[PATH_MAX + 32];
+	char stats[256];
+};
+int ts_smtpd_start(struct ts_smtpd *s, const char *dir, const char *script,
+		   const char *const extra[]);
+void ts_smtpd_stop(struct ts_smtpd *s);
+long ts_smtpd_stat(const struct ts_smtpd *s, const char *name);
+int ts_smtpd_events(const struct ts_smtpd *s, const char *event,
+		    const char *needle);
 
 #endif
