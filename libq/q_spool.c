@@ -84,7 +84,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -121,7 +120,6 @@ struct reap {
 #define REAPERS    8     /* threads: the waits of the file system overlap */
 #define REAP_TAKE  32    /* items a thread takes at a time */
 
-#define REAP_NICE  10    /* the threads' nice value (Linux: per thread) */
 #define REAP_IDX   128   /* index records deleted per transaction */
 
 struct reaper {
@@ -1920,9 +1918,6 @@ static void *reaper_main(void *arg)
 	struct q_spool *s = arg;
 	struct reaper *rp = s->reaper;
 
-	/* behind the workers (and the peers they wait for) for the CPU:
-	 * removals only have to be done by the end of the run */
-	(void)setpriority(PRIO_PROCESS, (id_t)gettid(), REAP_NICE);
 	pthread_mutex_lock(&rp->mu);
 	for (;;) {
 		struct reap *list = rp->head, *last = list;
