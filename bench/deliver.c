@@ -12,6 +12,9 @@
  *           median of the wall time and of the CPU per message (the
  *           disk's discard latency makes single runs vary by +-25% here)
  *
+ * The spool is made in a fresh directory under $TMPDIR (default /tmp):
+ * the file system there is part of what is measured.
+ *
  * What it measures: the spool is filled through libq (not timed), the
  * page cache is warm, then ONE `qrun -P N --json` runs and is timed with
  * the wall clock; its CPU (user+system) and peak RSS come from wait4().
@@ -130,7 +133,11 @@ static int one_run(long n, long d, int par, bool tls, bool keep, struct result *
 	if (t != NULL)
 		snprintf(top, sizeof(top), "%s", t);
 
-	char dir[] = "/tmp/qkit-bench-deliver-XXXXXX";
+	/* under $TMPDIR (or /tmp): the file system measured is that one */
+	char dir[4096];
+	const char *tmp = getenv("TMPDIR");
+	snprintf(dir, sizeof(dir), "%s/qkit-bench-deliver-XXXXXX",
+		 tmp && *tmp ? tmp : "/tmp");
 	if (mkdtemp(dir) == NULL)
 		return 1;
 	char path[8192], conf[8192], sinkout[8192];
