@@ -8,6 +8,9 @@
  *           made with the openssl command); default: Postfix's smtp-sink
  *           from build/peers (tools/deps.sh test puts it there)
  *   -P N    qrun's parallel deliveries (default 4)
+ *   --no-journal-sync  journal_sync = false in qrun's configuration (one
+ *           sync at the end of the run instead of group syncs before
+ *           removals: faster, but a power loss may repeat deliveries)
  *   --runs R  R times (fill and run; default 1), then the best and the
  *           median of the wall time and of the CPU per message (the
  *           disk's discard latency makes single runs vary by +-25% here)
@@ -125,6 +128,8 @@ static int cmp_double(const void *a, const void *b)
 }
 
 /* One fill of the spool and one timed qrun run. */
+static bool jsync = true;   /* journal_sync in the configuration */
+
 static int one_run(long n, long d, int par, bool tls, bool keep, struct result *res)
 {
 	const char *t = getenv("QKIT_TOP");
@@ -178,7 +183,8 @@ static int one_run(long n, long d, int par, bool tls, bool keep, struct result *
 	snprintf(conf, sizeof(conf), "%s/qkit.conf", dir);
 	FILE *cf = fopen(conf, "w");
 	fprintf(cf, "spool_directory = %s/spool\nprimary_hostname = bench.test\n"
-		"route * = 127.0.0.1:%u\nremote_max_parallel = %d\n", dir, port, par);
+		"route * = 127.0.0.1:%u\nremote_max_parallel = %d\njournal_sync = %s\n",
+		dir, port, par, jsync ? "true" : "false");
 	fclose(cf);
 
 	/* fill the spool through libq: not timed */
@@ -245,8 +251,9 @@ static int one_run(long n, long d, int par, bool tls, bool keep, struct result *
 		       (double)sru.ru_stime.tv_sec + (double)sru.ru_stime.tv_usec / 1e6;
 
 	printf("bench/deliver: N=%ld messages (%ld recipients) to D=%ld domains, "
-	       "%s sink on loopback, qrun -P %d\n", n, rcpts, d,
-	       tls ? "STARTTLS (tests/smtpd sink)" : "plain (Postfix smtp-sink)", par);
+	       "%s sink on loopback, qrun -P %d, journal_sync = %s\n", n, rcpts, d,
+	       tls ? "STARTTLS (tests/smtpd sink)" : "plain (Postfix smtp-sink)", par,
+	       jsync ? "true" : "false");
 	printf("  how: spool filled through libq (%.2f s, not timed); one qrun run timed "
 	       "(wall clock); CPU and peak RSS of qrun from wait4()\n", tfill);
 	printf("  qrun exit %d, delivered %ld of %ld recipients, %ld deferred\n",
@@ -291,6 +298,8 @@ int main(int argc, char **argv)
 			tls = true;
 		else if (strcmp(argv[i], "--keep") == 0)
 			keep = true;
+		else if (strcmp(argv[i], "--no-journal-sync") == 0)
+			jsync = false;
 		else if (strcmp(argv[i], "-P") == 0 && i + 1 < argc)
 			par = atoi(argv[++i]);
 		else if (strcmp(argv[i], "--runs") == 0 && i + 1 < argc)
@@ -301,7 +310,8 @@ int main(int argc, char **argv)
 			d = atol(argv[i]);
 	}
 	if (n < 1 || d < 1 || par < 1 || runs < 1 || runs > 50) {
-		fprintf(stderr, "usage: bench/deliver [N [D]] [--tls] [-P N] [--runs R] [--keep]\n");
+		fprintf(stderr, "usage: bench/deliver [N [D]] [--tls] [-P N] [--runs R] "
+			"[--no-journal-sync] [--keep]\n");
 		return 64;
 	}
 	double walls[50], cpus[50];

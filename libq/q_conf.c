@@ -100,6 +100,7 @@ static const struct opt opts[] = {
 	O(remote_max_parallel, OPT_UINT, 1, UINT_MAX),
 	O(queue_run_max, OPT_UINT, 0, UINT_MAX),
 	O(retry_interval_max, OPT_TIME, 1, 0),
+	O(journal_sync, OPT_BOOL, 0, 0),
 };
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))
 
@@ -667,6 +668,7 @@ static int set_defaults(struct q_conf *c)
 	c->keepalive = true;
 	c->remote_max_parallel = 2;
 	c->queue_run_max = 5;
+	c->journal_sync = true;
 	c->retry_interval_max = 24 * 3600;
 	if (c->spool_directory == NULL || c->primary_hostname == NULL)
 		return -1;

@@ -1765,7 +1765,7 @@ int q_run(struct q_spool *spool, const struct q_conf *conf,
 	/* phase 2: completed messages are removed by the spool's reaper
 	   thread, so that no worker waits for the file system to free them
 	   (without it, q_msg_commit removes them itself) */
-	bool reaper = q_spool_reaper_start(spool, NULL) == 0;
+	bool reaper = q_spool_reaper_start(spool, conf->journal_sync, NULL) == 0;
 	run_workers(&r, o->parallel ? o->parallel : conf->remote_max_parallel);
 	if (reaper)
 		q_spool_reaper_stop(spool);

@@ -42,9 +42,13 @@ int q_msg_data(struct q_msg *m, off_t *size_r);
  * records in batches and only then closes -D, which releases the lock,
  * so no other process can take the message before it is gone. A process
  * killed before that leaves the files with a journal that says all is
- * done: the next run removes them. q_spool_reaper_stop (and
- * q_spool_close) waits until every handed-over message is removed. */
-int q_spool_reaper_start(struct q_spool *s, const char **error_r);
+ * done: the next run removes them. With group_sync, no message is
+ * removed before a syncfs that began after it was handed over (one sync
+ * every REAP_SYNC_MS for all that was journaled meanwhile): after a
+ * power loss, no journaled delivery is repeated. q_spool_reaper_stop
+ * (and q_spool_close) waits until every handed-over message is removed. */
+int q_spool_reaper_start(struct q_spool *s, bool group_sync,
+			 const char **error_r);
 void q_spool_reaper_stop(struct q_spool *s);
 
 #endif

@@ -58,7 +58,9 @@
  *   unlink the files and only then close -D (the lock), so a worker never
  *   waits for the file system to free blocks (on this kind of disk, ext4
  *   with online discard, a few ms per file) and no other process can
- *   lock a message that is half removed. After fork()
+ *   lock a message that is half removed; with the group sync
+ *   (journal_sync), none is removed before a syncfs that began after its
+ *   journal was written. After fork()
  *   the child must not use the parent's hints handle: q_spool_hints
  *   notices the pid change and opens a new one (the parent's is left
  *   alone, not closed).
@@ -114,12 +116,14 @@ struct q_spool {
 struct reap {
 	struct reap *next;
 	char id[Q_ID_LEN + 1];
-	int split, dfd, jfd;
+	int split, dfd;
+	uint64_t need;               /* removable once rp->done >= need */
 };
 
 #define REAPERS    8     /* threads: the waits of the file system overlap */
 #define REAP_TAKE  32    /* items a thread takes at a time */
 
+#define REAP_SYNC_MS 20  /* a group sync gathers this long at most */
 #define REAP_IDX   128   /* index records deleted per transaction */
 
 struct reaper {
@@ -130,6 +134,16 @@ struct reaper {
 	struct reap *head, **tail;
 	size_t n;                    /* items queued */
 	bool stop;
+	/* Group sync: no message is removed before its journal is on disk.
+	 * The syncer thread makes one syncfs(2) for everything the workers
+	 * journaled in the last REAP_SYNC_MS (one sync for many messages,
+	 * instead of an fdatasync per message that the workers would wait
+	 * for); an item queued while sync number `started` may already have
+	 * begun needs sync started + 1. */
+	pthread_t syncer;
+	bool have_syncer;
+	pthread_cond_t scv;
+	uint64_t started, done, need_max;
 	/* ids of removed messages whose index records are still there:
 	 * deleted REAP_IDX at a time (the index is a hint; a listing never
 	 * shows a message whose files are gone) */
@@ -1793,13 +1807,21 @@ static int msg_unlink_all(struct q_msg *m, const char **error_r)
 			memcpy(it->id, m->id, sizeof(it->id));
 			it->split = m->split;
 			it->dfd = m->dfd;
-			it->jfd = m->jfd;
 			it->next = NULL;
+			/* -J is removed by name: its descriptor is not needed */
+			if (m->jfd >= 0)
+				close(m->jfd);
 			m->dfd = m->jfd = -1;
 			m->gone = true;
 			struct reaper *rp = s->reaper;
 
 			pthread_mutex_lock(&rp->mu);
+			it->need = rp->have_syncer ? rp->started + 1 : 0;
+			if (it->need > rp->need_max) {
+				if (rp->need_max <= rp->done)
+					pthread_cond_signal(&rp->scv);
+				rp->need_max = it->need;
+			}
 			*rp->tail = it;
 			rp->tail = &it->next;
 			/* wake a thread for a new list, or another one for
@@ -1875,9 +1897,6 @@ static void reap_list(struct q_spool *s, struct reap *list)
 				ok = false;
 			}
 		}
-		if (it->jfd >= 0)
-			close(it->jfd);
-		it->jfd = -1;
 		if (!ok)
 			continue;
 		(void)unlinkat(s->msglog_fd, it->id, 0);
@@ -1923,13 +1942,14 @@ static void *reaper_main(void *arg)
 		struct reap *list = rp->head, *last = list;
 		unsigned n = 1;
 
-		if (list == NULL) {
-			if (rp->stop)
+		if (list == NULL || list->need > rp->done) {
+			if (list == NULL && rp->stop)
 				break;
 			pthread_cond_wait(&rp->cv, &rp->mu);
 			continue;
 		}
-		while (last->next != NULL && n < REAP_TAKE) {
+		while (last->next != NULL && last->next->need <= rp->done &&
+		       n < REAP_TAKE) {
 			last = last->next;
 			n++;
 		}
@@ -1946,7 +1966,44 @@ static void *reaper_main(void *arg)
 	return NULL;
 }
 
-int q_spool_reaper_start(struct q_spool *s, const char **error_r)
+static void *syncer_main(void *arg)
+{
+	struct q_spool *s = arg;
+	struct reaper *rp = s->reaper;
+
+	pthread_mutex_lock(&rp->mu);
+	for (;;) {
+		if (rp->need_max <= rp->done) {
+			if (rp->stop)
+				break;
+			pthread_cond_wait(&rp->scv, &rp->mu);
+			continue;
+		}
+		if (!rp->stop) {
+			/* gather the journals of other deliveries first */
+			struct timespec ts;
+
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += REAP_SYNC_MS * 1000000L;
+			ts.tv_sec += ts.tv_nsec / 1000000000L;
+			ts.tv_nsec %= 1000000000L;
+			(void)pthread_cond_timedwait(&rp->scv, &rp->mu, &ts);
+		}
+		uint64_t seq = ++rp->started;
+		pthread_mutex_unlock(&rp->mu);
+		if (syncfs(s->dfd) < 0)
+			q_log("syncfs %s: %s (journals of delivered messages may "
+			      "not be on disk)", s->dir, strerror(errno));
+		pthread_mutex_lock(&rp->mu);
+		rp->done = seq;
+		pthread_cond_broadcast(&rp->cv);
+	}
+	pthread_mutex_unlock(&rp->mu);
+	return NULL;
+}
+
+int q_spool_reaper_start(struct q_spool *s, bool group_sync,
+			 const char **error_r)
 {
 	struct reaper *rp;
 	int rc;
@@ -1957,14 +2014,28 @@ int q_spool_reaper_start(struct q_spool *s, const char **error_r)
 		return q_err(error_r, "out of memory");
 	pthread_mutex_init(&rp->mu, NULL);
 	pthread_cond_init(&rp->cv, NULL);
+	pthread_cond_init(&rp->scv, NULL);
 	rp->tail = &rp->head;
 	s->reaper = rp;
-	for (rc = 0; rp->nth < REAPERS && rc == 0; rp->nth++)
+	rc = 0;
+	if (group_sync)
+		rc = pthread_create(&rp->syncer, NULL, syncer_main, s);
+	rp->have_syncer = group_sync && rc == 0;
+	/* without the syncer asked for, no reaper: q_msg_commit removes */
+	for (; rp->nth < REAPERS && rc == 0; rp->nth++)
 		if ((rc = pthread_create(&rp->th[rp->nth], NULL, reaper_main,
 					 s)) != 0)
 			break;
 	if (rp->nth == 0) {
+		if (rp->have_syncer) {
+			pthread_mutex_lock(&rp->mu);
+			rp->stop = true;
+			pthread_cond_signal(&rp->scv);
+			pthread_mutex_unlock(&rp->mu);
+			pthread_join(rp->syncer, NULL);
+		}
 		s->reaper = NULL;
+		pthread_cond_destroy(&rp->scv);
 		pthread_cond_destroy(&rp->cv);
 		pthread_mutex_destroy(&rp->mu);
 		free(rp);
@@ -1982,12 +2053,16 @@ void q_spool_reaper_stop(struct q_spool *s)
 	pthread_mutex_lock(&rp->mu);
 	rp->stop = true;
 	pthread_cond_broadcast(&rp->cv);
+	pthread_cond_signal(&rp->scv);
 	pthread_mutex_unlock(&rp->mu);
+	if (rp->have_syncer)
+		pthread_join(rp->syncer, NULL);
 	for (unsigned i = 0; i < rp->nth; i++)
 		pthread_join(rp->th[i], NULL);
 	reap_index(s, rp->idx, rp->nidx);
 	free(rp->idx);
 	s->reaper = NULL;
+	pthread_cond_destroy(&rp->scv);
 	pthread_cond_destroy(&rp->cv);
 	pthread_mutex_destroy(&rp->mu);
 	free(rp);

@@ -817,7 +817,7 @@ static void test_journal_hold(void)
 
 /* The reaper: a completed message stays locked until its files are gone
  * (never lockable again), and nothing is left once it has stopped. */
-static void test_reaper(void)
+static void reaper_case(bool group)
 {
 	struct q_spool *s = new_spool();
 	const char *rc[] = { "a@example.com" };
@@ -834,7 +834,7 @@ static void test_reaper(void)
 	CU_ASSERT_EQUAL_FATAL(q_spool_hints(s, &h, &err), 0);
 	for (int i = 0; i < N; i++)
 		CU_ASSERT_EQUAL_FATAL(mk(s, "s@example.com", rc, 1, "x\r\n", ids[i]), 0);
-	CU_ASSERT_EQUAL_FATAL(q_spool_reaper_start(s, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(q_spool_reaper_start(s, group, &err), 0);
 	for (int i = 0; i < N; i++) {
 		struct q_msg *m = NULL, *again = NULL;
 
@@ -874,6 +874,18 @@ static void test_reaper(void)
 		q_msg_unlock(&m);
 	}
 	q_spool_close(&s);
+}
+
+static void test_reaper(void)
+{
+	reaper_case(false);
+}
+
+/* With the group sync, a message is removed only after a syncfs that
+ * began after its commit: the same outcome, and the files all go. */
+static void test_reaper_group_sync(void)
+{
+	reaper_case(true);
 }
 
 static void test_freeze_thaw_remove(void)
@@ -1079,6 +1091,7 @@ void suite_spool(void)
 	CU_add_test(s, "commit", test_commit);
 	CU_add_test(s, "journal: held results, one write", test_journal_hold);
 	CU_add_test(s, "reaper: removed after commit, never relocked", test_reaper);
+	CU_add_test(s, "reaper: the same with group syncs", test_reaper_group_sync);
 	CU_add_test(s, "freeze, thaw, remove", test_freeze_thaw_remove);
 	CU_add_test(s, "msglog", test_msglog);
 	CU_add_test(s, "SIGKILL during create", test_sigkill_create);

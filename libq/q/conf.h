@@ -69,6 +69,9 @@ struct q_conf {
 	unsigned remote_max_parallel;    /* 2 */
 	unsigned queue_run_max;          /* 5 */
 	long long retry_interval_max;    /* 24h */
+	bool journal_sync;               /* true: a delivered message's
+					    journal is on disk before the
+					    message is removed (group syncs) */
 	/* routes and retry rules, in file order */
 	size_t nroutes;
 	struct q_route *routes;
