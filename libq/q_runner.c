@@ -30,10 +30,15 @@
  *   message arrived without it. Weak: the choice is made for the first
  *   message of a destination and applies to every message of it in the
  *   run.
- * - Journal entries are written without fdatasync; the run syncs the
- *   file system once at the end (group commit). A power loss can then at
- *   worst repeat a delivery, never lose a message: messages are only ever
- *   removed after their recipients are journaled.
+ * - Journal entries are written without fdatasync (one write per SMTP
+ *   transaction). Completed messages go to the spool's reaper threads;
+ *   with journal_sync (the default) the reaper's syncer makes one syncfs
+ *   every 20 ms for all that the workers journaled, and no message is
+ *   removed before the sync that covers its journal (group commit; the
+ *   workers never wait for it). Without it the run syncs once at the
+ *   end. Either way a power loss can at worst repeat a delivery, never
+ *   lose a message: messages are only removed after their recipients
+ *   are journaled.
  *
  * Costs: phase 1 is O(messages + domains) with one route lookup per
  * domain; the destination pick is O(destinations) under one mutex, which
