@@ -549,13 +549,22 @@ static void test_queue_view(void)
 	CU_ASSERT_PTR_NOT_NULL(s);
 	free(s);
 
-	/* per-domain summary */
+	/* per-domain summary (the one.test line waited for whole: a screen
+	   captured while the view is drawn may hold the name only) */
 	keys("s", NULL);
 	s = tm_wait("DOMAIN", "one.test", "two.test", "three.test", NULL);
+	for (int tries = 0; s != NULL && tries < WAIT_MS / 50 &&
+	     strstr(line_with(s, "one.test"), " 2 ") == NULL; tries++) {
+		free(s);
+		nap(50);
+		s = tm_wait("DOMAIN", "one.test", "two.test", "three.test", NULL);
+	}
 	CU_ASSERT_PTR_NOT_NULL(s);
 	if (s != NULL) {
 		l = line_with(s, "one.test");
 		CU_ASSERT_PTR_NOT_NULL(strstr(l, " 2 "));     /* two messages */
+		if (strstr(l, " 2 ") == NULL)
+			fprintf(stderr, "\ntest_qtop: the one.test line: %s\n", l);
 		CU_ASSERT(pos(s, "one.test") < pos(s, "two.test"));
 	}
 	free(s);
