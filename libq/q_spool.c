@@ -124,6 +124,10 @@ struct reap {
 #define REAP_TAKE  32    /* items a thread takes at a time */
 
 #define REAP_SYNC_MS 20  /* a group sync gathers this long at most */
+#define REAP_QMAX  512   /* items queued at most: each holds a descriptor
+			    (the lock), and a slow sync must not make the
+			    workers run out of them; a full queue makes the
+			    committing worker wait */
 #define REAP_IDX   128   /* index records deleted per transaction */
 
 struct reaper {
@@ -131,6 +135,7 @@ struct reaper {
 	unsigned nth;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
+	pthread_cond_t space;        /* the queue fell below REAP_QMAX */
 	struct reap *head, **tail;
 	size_t n;                    /* items queued */
 	bool stop;
@@ -1816,6 +1821,8 @@ static int msg_unlink_all(struct q_msg *m, const char **error_r)
 			struct reaper *rp = s->reaper;
 
 			pthread_mutex_lock(&rp->mu);
+			while (rp->n >= REAP_QMAX)
+				pthread_cond_wait(&rp->space, &rp->mu);
 			it->need = rp->have_syncer ? rp->started + 1 : 0;
 			if (it->need > rp->need_max) {
 				if (rp->need_max <= rp->done)
@@ -1956,6 +1963,8 @@ static void *reaper_main(void *arg)
 		rp->head = last->next;
 		if (rp->head == NULL)
 			rp->tail = &rp->head;
+		if (rp->n >= REAP_QMAX && rp->n - n < REAP_QMAX)
+			pthread_cond_broadcast(&rp->space);
 		rp->n -= n;
 		last->next = NULL;
 		pthread_mutex_unlock(&rp->mu);
@@ -2015,6 +2024,7 @@ int q_spool_reaper_start(struct q_spool *s, bool group_sync,
 	pthread_mutex_init(&rp->mu, NULL);
 	pthread_cond_init(&rp->cv, NULL);
 	pthread_cond_init(&rp->scv, NULL);
+	pthread_cond_init(&rp->space, NULL);
 	rp->tail = &rp->head;
 	s->reaper = rp;
 	rc = 0;
@@ -2036,6 +2046,7 @@ int q_spool_reaper_start(struct q_spool *s, bool group_sync,
 		}
 		s->reaper = NULL;
 		pthread_cond_destroy(&rp->scv);
+		pthread_cond_destroy(&rp->space);
 		pthread_cond_destroy(&rp->cv);
 		pthread_mutex_destroy(&rp->mu);
 		free(rp);
@@ -2063,6 +2074,7 @@ void q_spool_reaper_stop(struct q_spool *s)
 	free(rp->idx);
 	s->reaper = NULL;
 	pthread_cond_destroy(&rp->scv);
+	pthread_cond_destroy(&rp->space);
 	pthread_cond_destroy(&rp->cv);
 	pthread_mutex_destroy(&rp->mu);
 	free(rp);
