@@ -680,13 +680,30 @@ int q_msg_header_rcpts(struct q_buf *msg, char ***rcpts_r, size_t *n_r,
 		return -1;
 	}
 
-	/* pass 3: remove Bcc fields, from the last one down */
+	/* pass 3: remove Bcc fields, from the last one down. A Bcc field
+	 * that is the first line, followed by a line starting "From " (a
+	 * header that ends at a non-field line), is emptied to "Bcc:" instead
+	 * (RFC 5322 3.6.3 allows a Bcc field with no addresses): removed, it
+	 * would leave that line first, where it reads as an mbox separator
+	 * and the body after it as header fields. */
 	for (k = nf; k-- > 0;) {
+		size_t keep = 0;
+
 		if (f[k].kind != HDR_BCC)
 			continue;
-		memmove(msg->data + f[k].start, msg->data + f[k].end,
+		if (f[k].start == 0 && msg->len - f[k].end >= 5 &&
+		    memcmp(msg->data + f[k].end, "From ", 5) == 0) {
+			/* "Bcc:" and the field's own line end */
+			const char *eol = f[k].end >= 2 &&
+				msg->data[f[k].end - 2] == '\r' ? "\r\n" : "\n";
+
+			memcpy(msg->data + f[k].start, "Bcc:", 4);
+			memcpy(msg->data + f[k].start + 4, eol, strlen(eol));
+			keep = 4 + strlen(eol);
+		}
+		memmove(msg->data + f[k].start + keep, msg->data + f[k].end,
 			msg->len - f[k].end);
-		msg->len -= f[k].end - f[k].start;
+		msg->len -= f[k].end - f[k].start - keep;
 		msg->data[msg->len] = '\0';
 	}
 	free(f);

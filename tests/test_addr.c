@@ -396,6 +396,12 @@ static const struct {
 	{ "To: a@x,,, ,b@x\n\n", "a@x b@x", NULL, NULL },
 	{ "From someone@x Mon Jan  1 00:00:00 2024\nTo: a@x\n\n", "a@x", NULL, NULL },
 	{ "From: f@x\nFrom x\nTo: a@x\n\n", "", NULL, NULL },
+	/* a first Bcc before a "From " line is emptied, not removed: that
+	   line must not become the first (an mbox separator, the body after
+	   it read as fields by the next reader; found by fuzz_address) */
+	{ "Bcc: a@b.example\nFrom x\nBcc: c@d.example\n\nbody\n", "a@b.example",
+	  "Bcc:\nFrom x\nBcc: c@d.example\n\nbody\n", NULL },
+	{ "Bcc: a@x\nTo: b@x\nFrom x\n\n", "a@x b@x", "To: b@x\nFrom x\n\n", NULL },
 	/* errors */
 	{ "To: john\n\n", NULL, NULL, "To: bad address 'john': no @domain" },
 	{ "To: ok@x\nCc: a@x, b@-x\n\n", NULL, NULL,
