@@ -222,6 +222,9 @@ static void header_rcpts(const struct q_buf *canon, bool pre)
 		goto out;
 	}
 	check_rcpts((const char *const *)v, n);
+	/* (this check found a Bcc: removal that left a "From " line first,
+	 * read as an mbox separator by the next call: fixed in c4ed502,
+	 * regress/address/bcc-first-then-from-line*) */
 	/* Bcc: fields are gone: a second call removes nothing */
 	len1 = m.len;
 	r = q_msg_header_rcpts(&m, &v2, &n2, &err);
