@@ -1579,13 +1579,10 @@ int q_hints_open(const char *dir, const char *transport,
 	*h_r = h;
 	h = NULL;
 	ret = 0;
-	if (notice != NULL) {
+	if (notice != NULL && notice_r != NULL) {
 		/* the caller logs it (q_spool_hints does) */
-		notice_tell(notice);
-		if (notice_r != NULL) {
-			snprintf(notice_buf, sizeof(notice_buf), "%s", notice);
-			*notice_r = notice_buf;
-		}
+		snprintf(notice_buf, sizeof(notice_buf), "%s", notice);
+		*notice_r = notice_buf;
 	}
 	goto out;
 
@@ -1596,6 +1593,9 @@ fail_env:
 	}
 out:
 	pthread_mutex_unlock(&envs_lock);
+	/* the hook, with no lock of ours held (it may open hints) */
+	if (ret == 0 && notice != NULL)
+		notice_tell(notice);
 	free(notice);
 	free(h);
 	return ret;

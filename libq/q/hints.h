@@ -48,7 +48,8 @@ Q_API void q_hints_close(struct q_hints **h);
  * logs it); found by a later operation, the main log gets a line (q_log)
  * and the operation fails with the same text. Either way the text is
  * also passed to fn (process-wide; NULL, the default: written to stderr
- * when stderr is a terminal, "<program>: warning: hints: <text>").
+ * when stderr is a terminal, "<program>: warning: hints: <text>"); fn
+ * is called with no lock of the hints held.
  * A full disk is an error (ENOSPC's text, "try again"), never a move. */
 typedef void q_hints_notice_fn(const char *text);
 Q_API void q_hints_set_notice_fn(q_hints_notice_fn *fn);
