@@ -134,9 +134,21 @@ int cli_sub_getopt(int argc, char **argv, const char *shortopts,
 	return c;
 }
 
+/* Damaged hints moved aside (q_hints_set_notice_fn): said on stderr
+ * whatever it is (a cron job's mail shows it), escaped. */
+static void hints_notice(const char *text)
+{
+	struct q_buf b = { 0 };
+
+	if (q_escape_term(&b, text, strlen(text), true) == 0 && b.data != NULL)
+		cli_warn("warning: hints: %s", b.data);
+	q_buf_free(&b);
+}
+
 int cli_start(const char *prog, int argc, char **argv, void (*usage)(FILE *))
 {
 	cli_usage_fn = usage;
+	q_hints_set_notice_fn(hints_notice);
 	const char *cs;
 	int i;
 

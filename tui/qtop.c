@@ -33,6 +33,7 @@
 #include <curses.h>
 #include <errno.h>
 #include <locale.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -232,6 +233,33 @@ static struct {
 	void (*changed)(const char *, int);
 	int help_top;
 } ui;
+
+/* Damaged hints moved aside (q_hints_set_notice_fn): the notice may come
+ * from any thread and the screen belongs to curses, so it waits here for
+ * the main loop to put it on the status line. */
+static pthread_mutex_t notice_mu = PTHREAD_MUTEX_INITIALIZER;
+static char notice_text[400];
+
+static void hints_notice(const char *text)
+{
+	pthread_mutex_lock(&notice_mu);
+	snprintf(notice_text, sizeof(notice_text), "hints: %s", text);
+	pthread_mutex_unlock(&notice_mu);
+}
+
+static bool notice_take(char *buf, size_t size)
+{
+	bool any;
+
+	pthread_mutex_lock(&notice_mu);
+	any = notice_text[0] != '\0';
+	if (any) {
+		snprintf(buf, size, "%s", notice_text);
+		notice_text[0] = '\0';
+	}
+	pthread_mutex_unlock(&notice_mu);
+	return any;
+}
 
 void ui_status(bool error, const char *fmt, ...)
 {
@@ -961,6 +989,7 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 
 	cli_flush();
+	q_hints_set_notice_fn(hints_notice);   /* not stderr: curses owns it */
 	if (initscr() == NULL)
 		cli_die(EX_OSERR, "cannot set up the terminal");
 	curses_on = true;
@@ -986,6 +1015,8 @@ int main(int argc, char **argv)
 		}
 		while (jobs_result(res, sizeof(res), &rerr))
 			ui_status(rerr, "%s", res);
+		if (notice_take(res, sizeof(res)))
+			ui_status(true, "%s", res);
 		draw();
 		ch = getch();
 		if (ch == ERR || ch == KEY_RESIZE)
