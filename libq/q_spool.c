@@ -2037,19 +2037,7 @@ int q_spool_reaper_start(struct q_spool *s, bool group_sync,
 					 s)) != 0)
 			break;
 	if (rp->nth == 0) {
-		if (rp->have_syncer) {
-			pthread_mutex_lock(&rp->mu);
-			rp->stop = true;
-			pthread_cond_signal(&rp->scv);
-			pthread_mutex_unlock(&rp->mu);
-			pthread_join(rp->syncer, NULL);
-		}
-		s->reaper = NULL;
-		pthread_cond_destroy(&rp->scv);
-		pthread_cond_destroy(&rp->space);
-		pthread_cond_destroy(&rp->cv);
-		pthread_mutex_destroy(&rp->mu);
-		free(rp);
+		q_spool_reaper_stop(s);    /* the syncer, if it started */
 		return q_err(error_r, "cannot start a thread: %s", strerror(rc));
 	}
 	return 0;
@@ -2070,7 +2058,8 @@ void q_spool_reaper_stop(struct q_spool *s)
 		pthread_join(rp->syncer, NULL);
 	for (unsigned i = 0; i < rp->nth; i++)
 		pthread_join(rp->th[i], NULL);
-	reap_index(s, rp->idx, rp->nidx);
+	if (rp->nidx > 0)
+		reap_index(s, rp->idx, rp->nidx);
 	free(rp->idx);
 	s->reaper = NULL;
 	pthread_cond_destroy(&rp->scv);
