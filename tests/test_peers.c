@@ -212,7 +212,10 @@ static int exim_start(struct exim *e, const char *dir)
 	char portarg[16], log[4300];
 	snprintf(portarg, sizeof(portarg), "%u", e->port);
 	snprintf(log, sizeof(log), "%s/daemon.out", e->dir);
-	const char *argv[] = {"/usr/sbin/exim4", "-C", p, "-bd", "-oX", portarg, NULL};
+	/* -bdf: the daemon stays in the foreground, so stopping the pid
+	   spawned stops it (with -oX, Exim writes no pid file: a forked
+	   -bd daemon outlived the tests) */
+	const char *argv[] = {"/usr/sbin/exim4", "-C", p, "-bdf", "-oX", portarg, NULL};
 	e->pid = ts_spawn(argv, NULL, log);
 	if (e->pid <= 0 || ts_wait_port("127.0.0.1", e->port, 10000) != 0)
 		return -1;
