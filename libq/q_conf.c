@@ -1363,55 +1363,30 @@ static void print_hostspecs(FILE *f, const struct q_hostspec *hs, size_t n)
 	}
 }
 
-/* Read a factor the way q_retry does (digits [. digits], no locale). */
-static double factor_value(const char *s)
-{
-	double v = 0.0, scale = 1.0;
-
-	while (*s >= '0' && *s <= '9')
-		v = v * 10.0 + (*s++ - '0');
-	if (*s == '.')
-		for (s++; *s >= '0' && *s <= '9'; s++) {
-			scale /= 10.0;
-			v += (*s - '0') * scale;
-		}
-	return v;
-}
-
-/* The shortest fixed-point text that reads back to x. Written by hand:
+/* A retry factor, which q_retry keeps in whole thousandths: as
+ * digits [. up to 3 digits], without trailing zeros. Written by hand:
  * printf's %f follows LC_NUMERIC (a decimal comma in some locales) and
  * the programs call setlocale(). */
 static void print_factor(FILE *f, double x)
 {
-	char buf[64];
-	int prec;
+	unsigned long long th;
+	unsigned frac;
+	int nd = 3;
 
 	if (!(x >= 0.0 && x < 1e15)) {
 		fputs("0", f);
 		return;
 	}
-	for (prec = 0; prec <= 12; prec++) {
-		double p10 = 1.0, frac;
-		unsigned long long ip, fp;
-		int i;
-
-		for (i = 0; i < prec; i++)
-			p10 *= 10.0;
-		ip = (unsigned long long)x;
-		frac = x - (double)ip;
-		fp = (unsigned long long)(frac * p10 + 0.5);
-		if ((double)fp >= p10) {
-			ip++;
-			fp = 0;
-		}
-		if (prec == 0)
-			snprintf(buf, sizeof(buf), "%llu", ip);
-		else
-			snprintf(buf, sizeof(buf), "%llu.%0*llu", ip, prec, fp);
-		if (factor_value(buf) == x)
-			break;
+	th = (unsigned long long)(x * 1000.0 + 0.5);
+	frac = (unsigned)(th % 1000);
+	fprintf(f, "%llu", th / 1000);
+	if (frac == 0)
+		return;
+	while (frac % 10 == 0) {
+		frac /= 10;
+		nd--;
 	}
-	fputs(buf, f);
+	fprintf(f, ".%0*u", nd, frac);
 }
 
 static bool value_empty(const struct q_conf *c, const struct opt *o)

@@ -371,31 +371,41 @@ static const char *take_token(const char *p, char *tok, size_t size)
 	return p + n;
 }
 
-/* A factor: digits [ '.' digits ], locale-independent. */
+/* A factor: digits [ '.' digits ], locale-independent. It counts to
+ * 1/1000 (as Exim's), so it is kept as a whole number of thousandths,
+ * rounded at the fourth decimal: 2.0912354 is 2.091 and prints back as
+ * 2.091, the same value when read again (q_conf_print). */
 static bool parse_factor(const char *s, double *f_r)
 {
-	double v = 0.0, scale = 1.0;
-	int ndig = 0;
+	long long th = 0;
+	int ndig = 0, nfrac = 0;
 
 	while (*s >= '0' && *s <= '9') {
 		if (++ndig > 6)
 			return false;
-		v = v * 10.0 + (*s++ - '0');
+		th = th * 10 + (*s++ - '0');
 	}
 	if (ndig == 0)
 		return false;
+	th *= 1000;
 	if (*s == '.') {
+		long long scale = 100;
+
 		s++;
 		if (!(*s >= '0' && *s <= '9'))
 			return false;
-		while (*s >= '0' && *s <= '9') {
-			scale /= 10.0;
-			v += (*s++ - '0') * scale;
+		for (; *s >= '0' && *s <= '9'; s++, nfrac++) {
+			if (nfrac < 3) {
+				th += (*s - '0') * scale;
+				scale /= 10;
+			} else if (nfrac == 3 && *s >= '5') {
+				th++;
+			}
 		}
 	}
 	if (*s != '\0')
 		return false;
-	*f_r = v;
+	*f_r = (double)th / 1000.0;
 	return true;
 }
 

@@ -570,6 +570,17 @@ static void test_print(void)
 	CU_ASSERT(strstr(p, "\nretry *") > strstr(p, "\nroute * = mx\n"));
 	free(p);
 	q_conf_free(&c);
+
+	/* a factor is kept to 1/1000 and printed as such, so that the
+	 * printed configuration loads back to the same rules (fuzz finding
+	 * 6: 2.0912354775804 was printed as 2.09123547758) */
+	c = load_text("retry * refused G,2d,10m,2.0912354775804; G,3d,1h,1.25\n",
+		      NULL);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+	p = print_conf(c);
+	CU_ASSERT_PTR_NOT_NULL(strstr(p, "\nretry * refused G,2d,10m,2.091; G,3d,1h,1.25\n"));
+	free(p);
+	q_conf_free(&c);
 }
 
 /* ---- host lists ---- */

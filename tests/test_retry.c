@@ -247,6 +247,10 @@ static const struct pcase pcases[] = {
 	{ "  f , 2h , 15m ;\tg,16h,1h30m,2.25 ; ", NULL, 2,
 	  { { 'F', 7200, 900, 0 }, { 'G', 57600, 5400, 2.25 } } },
 	{ "F,1w,1d", NULL, 1, { { 'F', 604800, 86400, 0 } } },
+	/* factors count to 1/1000, rounded at the fourth decimal */
+	{ "G,2d,10m,2.0912354775804", NULL, 1, { { 'G', 172800, 600, 2.091 } } },
+	{ "G,2d,10m,1.0995", NULL, 1, { { 'G', 172800, 600, 1.1 } } },
+	{ "G,2d,10m,1.0004", "item 1: G needs a factor greater than 1", 0, { { 0, 0, 0, 0 } } },
 	{ "", NULL, 0, { { 0, 0, 0, 0 } } },
 	{ "G,16h,1h,1", "item 1: G needs a factor greater than 1", 0, { { 0, 0, 0, 0 } } },
 	{ "F,2h,15m; G,16h,1h,0.5", "item 2: G needs a factor greater than 1", 0, { { 0, 0, 0, 0 } } },

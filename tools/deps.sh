@@ -6,14 +6,16 @@
 #
 # The lists: add packages here (plain words, space separated).
 #   DEPS_BUILD  ./configure && make
-#   DEPS_TEST   make check (added to DEPS_BUILD for "test" and "all")
+#   DEPS_TEST   make check (added to DEPS_BUILD for "test" and "all");
+#               clang and libclang-rt-14-dev (libFuzzer) for the fuzz
+#               targets that make check runs in CI
 #   DEPS_EXTRA  extra tools for benchmarks, demos, interop (only "all")
 # "test" also extracts Postfix's smtp-sink into build/peers (the postfix
 # package conflicts with exim4, so it is unpacked, never installed), and
 # installs exim4 without letting its package start a system daemon: the
 # tests run their own Exim on a loopback port.
 DEPS_BUILD="gcc libc6-dev make autoconf pkg-config libdb-dev libssl-dev libncurses-dev libcunit1-dev"
-DEPS_TEST="openssl tmux valgrind ca-certificates exim4-daemon-light"
+DEPS_TEST="openssl tmux valgrind ca-certificates exim4-daemon-light clang libclang-rt-14-dev"
 DEPS_EXTRA=""
 
 set -eu

@@ -231,8 +231,21 @@ static void header_rcpts(const struct q_buf *canon, bool pre)
 	FZ_CHECK(r == 0, "second call (Bcc removed) fails: %s", err);
 	FZ_CHECK(m.len == len1, "second call removed %zu more bytes",
 		 len1 - m.len);
-	FZ_CHECK(n2 <= n - n0, "second call: %zu recipients, first %zu", n2,
-		 n - n0);
+	/* the first call left out addresses already in the list (the "pre"
+	 * one), so compare with the whole first list: the second call finds
+	 * nothing that the first list lacks (this check said n2 <= n - n0
+	 * and failed on a header naming pre@example.com: finding 5,
+	 * regress/address/header-names-pre) */
+	FZ_CHECK(n2 <= n, "second call: %zu recipients, first list %zu", n2,
+		 n);
+	for (size_t i = 0; i < n2; i++) {
+		size_t j = 0;
+
+		while (j < n && strcmp(v2[i], v[j]) != 0)
+			j++;
+		FZ_CHECK(j < n, "second call found <%s>, not in the first list",
+			 v2[i]);
+	}
 	check_rcpts((const char *const *)v2, n2);
 	q_strv_free(&v2, n2);
 out:
