@@ -40,6 +40,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -129,6 +130,45 @@ static int cmp_double(const void *a, const void *b)
 
 /* One fill of the spool and one timed qrun run. */
 static bool jsync = true;   /* journal_sync in the configuration */
+
+/* The block device's counters from /proc/diskstats (the line whose
+ * major:minor is dev's): requests and 512-byte sectors written,
+ * discards, cache flushes. ok is false when there is no such line
+ * (tmpfs, or no /proc). */
+struct dstat {
+	bool ok;
+	unsigned long long writes, wsect, discards, flushes;
+};
+
+static struct dstat disk_stat(dev_t dev)
+{
+	struct dstat d = { 0 };
+	FILE *f = fopen("/proc/diskstats", "r");
+	char line[512];
+
+	if (f == NULL)
+		return d;
+	while (fgets(line, sizeof(line), f) != NULL) {
+		unsigned maj, min;
+		unsigned long long v[17] = { 0 };
+		int n = sscanf(line, "%u %u %*s %llu %llu %llu %llu %llu %llu %llu "
+			       "%llu %llu %llu %llu %llu %llu %llu %llu %llu %llu",
+			       &maj, &min, &v[0], &v[1], &v[2], &v[3], &v[4], &v[5],
+			       &v[6], &v[7], &v[8], &v[9], &v[10], &v[11], &v[12],
+			       &v[13], &v[14], &v[15], &v[16]);
+
+		if (n < 13 || maj != major(dev) || min != minor(dev))
+			continue;
+		d.ok = true;
+		d.writes = v[4];
+		d.wsect = v[6];
+		d.discards = n >= 14 ? v[11] : 0;
+		d.flushes = n >= 18 ? v[15] : 0;
+		break;
+	}
+	fclose(f);
+	return d;
+}
 
 static int one_run(long n, long d, int par, bool tls, bool keep, struct result *res)
 {
@@ -231,6 +271,9 @@ static int one_run(long n, long d, int par, bool tls, bool keep, struct result *
 	snprintf(out, sizeof(out), "%s/qrun.out", dir);
 	snprintf(pstr, sizeof(pstr), "%d", par);
 	const char *qargv[] = {qrun, "-C", conf, "-P", pstr, "--json", NULL};
+	struct stat dst;
+	dev_t dev = stat(dir, &dst) == 0 ? dst.st_dev : 0;
+	struct dstat d0 = disk_stat(dev);
 	double t1 = now_s();
 	pid_t q = spawn(qargv, out, NULL);
 	int st;
@@ -240,6 +283,7 @@ static int one_run(long n, long d, int par, bool tls, bool keep, struct result *
 		return 1;
 	}
 	double wall = now_s() - t1;
+	struct dstat d1 = disk_stat(dev);
 	double cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
 		     (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
 	char *js = slurp(out);
@@ -267,6 +311,14 @@ static int one_run(long n, long d, int par, bool tls, bool keep, struct result *
 	printf("  connections %ld, TLS handshakes %ld (resumed %ld)\n",
 	       jfield(js, "connections"), jfield(js, "tls"), jfield(js, "tls_resumed"));
 	printf("  peak memory (max RSS) %.1f MB\n", (double)ru.ru_maxrss / 1024.0);
+	if (d0.ok && d1.ok)
+		printf("  the spool's disk during the run (/proc/diskstats, all its "
+		       "users): %llu writes (%.1f MB), %llu discards, %llu cache "
+		       "flushes\n", d1.writes - d0.writes,
+		       (double)(d1.wsect - d0.wsect) * 512.0 / 1e6,
+		       d1.discards - d0.discards, d1.flushes - d0.flushes);
+	else
+		printf("  the spool's disk: no /proc/diskstats line for it (tmpfs?)\n");
 	if (jfield(js, "delivered") != rcpts)
 		printf("  WARNING: not every recipient was delivered; qrun said: %s\n",
 		       js ? js : "(nothing)");

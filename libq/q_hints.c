@@ -1035,8 +1035,10 @@ static void watchdog_start(struct henv *e)
 	/* no signal of the application is ever delivered to it */
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
-	if (pthread_create(&e->watch, NULL, watchdog_main, e) == 0)
+	if (pthread_create(&e->watch, NULL, watchdog_main, e) == 0) {
 		e->watch_on = true;
+		(void)pthread_setname_np(e->watch, "q-hints-watch");
+	}
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 

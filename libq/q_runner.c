@@ -32,13 +32,13 @@
  *   run.
  * - Journal entries are written without fdatasync (one write per SMTP
  *   transaction). Completed messages go to the spool's reaper threads;
- *   with journal_sync (the default) the reaper's syncer makes one syncfs
- *   every 20 ms for all that the workers journaled, and no message is
- *   removed before the sync that covers its journal (group commit; the
- *   workers never wait for it). Without it the run syncs once at the
- *   end. Either way a power loss can at worst repeat a delivery, never
- *   lose a message: messages are only removed after their recipients
- *   are journaled.
+ *   with journal_sync (the default) the spool's syncer makes the removals
+ *   durable together, one syncfs about every 100 ms after the reapers
+ *   have done the removals queued so far (group commit; the workers never
+ *   wait for it), and a message that stays has its -H rewritten with
+ *   fsync. Without it the run syncs once at the end. Either way a power
+ *   loss can at worst repeat a delivery, never lose a message: messages
+ *   are only removed after their recipients are journaled.
  *
  * Costs: phase 1 is O(messages + domains) with one route lookup per
  * domain; the destination pick is O(destinations) under one mutex, which
@@ -1623,10 +1623,17 @@ static void run_workers(struct run *r, unsigned nw)
 	pthread_cond_init(&r->fcv, NULL);
 	r->fstop = false;
 	r->flusher = pthread_create(&fl, NULL, sess_flusher, r) == 0;
+	if (r->flusher)
+		(void)pthread_setname_np(fl, "qrun-sessions");
 	if (nw > 1)
 		for (unsigned i = 0; i < nw; i++) {
+			char tname[16];
+
 			if (pthread_create(&th[i], NULL, worker_main, &all[i]) != 0)
 				break;
+			/* names for top -H, ps -L and perf */
+			snprintf(tname, sizeof(tname), "qrun-w%u", i + 1);
+			(void)pthread_setname_np(th[i], tname);
 			started++;
 		}
 	if (started == 0)

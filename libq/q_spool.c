@@ -59,8 +59,9 @@
  *   waits for the file system to free blocks (on this kind of disk, ext4
  *   with online discard, a few ms per file) and no other process can
  *   lock a message that is half removed; with the group sync
- *   (journal_sync), none is removed before a syncfs that began after its
- *   journal was written. After fork()
+ *   (journal_sync), a syncer thread makes the removals durable together,
+ *   one syncfs after the reapers have done those queued so far (see
+ *   syncer_main). After fork()
  *   the child must not use the parent's hints handle: q_spool_hints
  *   notices the pid change and opens a new one (the parent's is left
  *   alone, not closed).
@@ -117,13 +118,15 @@ struct reap {
 	struct reap *next;
 	char id[Q_ID_LEN + 1];
 	int split, dfd;
-	uint64_t need;               /* removable once rp->done >= need */
+	uint64_t seq;                /* queue order, from 1 */
 };
 
 #define REAPERS    8     /* threads: the waits of the file system overlap */
 #define REAP_TAKE  32    /* items a thread takes at a time */
 
-#define REAP_SYNC_MS 20  /* a group sync gathers this long at most */
+#define REAP_SYNC_MS 100 /* a group sync gathers this long at most */
+#define REAP_SYNC_WAIT_MS 200 /* ... and waits this long at most for the
+			    removals queued before it (see syncer_main) */
 #define REAP_QMAX  512   /* items queued at most: each holds a descriptor
 			    (the lock), and a slow sync must not make the
 			    workers run out of them; a full queue makes the
@@ -139,16 +142,21 @@ struct reaper {
 	struct reap *head, **tail;
 	size_t n;                    /* items queued */
 	bool stop;
-	/* Group sync: no message is removed before its journal is on disk.
-	 * The syncer thread makes one syncfs(2) for everything the workers
-	 * journaled in the last REAP_SYNC_MS (one sync for many messages,
-	 * instead of an fdatasync per message that the workers would wait
-	 * for); an item queued while sync number `started` may already have
-	 * begun needs sync started + 1. */
+	/* Group sync: the removals of completed messages are made durable
+	 * together. The syncer thread makes one syncfs(2) for the removals
+	 * queued in the last REAP_SYNC_MS (one sync for many messages,
+	 * instead of an fsync per message that the workers would wait for),
+	 * after the reapers have done them (see syncer_main); an item queued
+	 * while sync number `started` may already have begun needs sync
+	 * started + 1 (need_max: the highest sync number needed). */
 	pthread_t syncer;
 	bool have_syncer;
 	pthread_cond_t scv;
 	uint64_t started, done, need_max;
+	uint64_t qseq;               /* the last item's seq */
+	uint64_t busy[REAPERS];      /* first seq of each thread's list, 0 idle */
+	pthread_cond_t rcv;          /* a list was done, for a waiting syncer */
+	bool swait;                  /* the syncer waits on rcv */
 	/* ids of removed messages whose index records are still there:
 	 * deleted REAP_IDX at a time (the index is a hint; a listing never
 	 * shows a message whose files are gone) */
@@ -1823,11 +1831,11 @@ static int msg_unlink_all(struct q_msg *m, const char **error_r)
 			pthread_mutex_lock(&rp->mu);
 			while (rp->n >= REAP_QMAX)
 				pthread_cond_wait(&rp->space, &rp->mu);
-			it->need = rp->have_syncer ? rp->started + 1 : 0;
-			if (it->need > rp->need_max) {
+			it->seq = ++rp->qseq;
+			if (rp->have_syncer && rp->started + 1 > rp->need_max) {
 				if (rp->need_max <= rp->done)
 					pthread_cond_signal(&rp->scv);
-				rp->need_max = it->need;
+				rp->need_max = rp->started + 1;
 			}
 			*rp->tail = it;
 			rp->tail = &it->next;
@@ -1939,6 +1947,19 @@ static void reap_list(struct q_spool *s, struct reap *list)
 	}
 }
 
+/* Every item with a seq up to this one has been removed (rp->mu held):
+ * lists are taken from the queue in order, so that is the item before
+ * the first one still queued or in a thread's hands. */
+static uint64_t removed_upto(const struct reaper *rp)
+{
+	uint64_t low = rp->head != NULL ? rp->head->seq : rp->qseq + 1;
+
+	for (unsigned i = 0; i < REAPERS; i++)
+		if (rp->busy[i] != 0 && rp->busy[i] < low)
+			low = rp->busy[i];
+	return low - 1;
+}
+
 static void *reaper_main(void *arg)
 {
 	struct q_spool *s = arg;
@@ -1947,16 +1968,15 @@ static void *reaper_main(void *arg)
 	pthread_mutex_lock(&rp->mu);
 	for (;;) {
 		struct reap *list = rp->head, *last = list;
-		unsigned n = 1;
+		unsigned n = 1, slot = 0;
 
-		if (list == NULL || list->need > rp->done) {
-			if (list == NULL && rp->stop)
+		if (list == NULL) {
+			if (rp->stop)
 				break;
 			pthread_cond_wait(&rp->cv, &rp->mu);
 			continue;
 		}
-		while (last->next != NULL && last->next->need <= rp->done &&
-		       n < REAP_TAKE) {
+		while (last->next != NULL && n < REAP_TAKE) {
 			last = last->next;
 			n++;
 		}
@@ -1967,14 +1987,31 @@ static void *reaper_main(void *arg)
 			pthread_cond_broadcast(&rp->space);
 		rp->n -= n;
 		last->next = NULL;
+		/* a free slot: there are as many as threads */
+		while (slot < REAPERS - 1 && rp->busy[slot] != 0)
+			slot++;
+		rp->busy[slot] = list->seq;
 		pthread_mutex_unlock(&rp->mu);
 		reap_list(s, list);
 		pthread_mutex_lock(&rp->mu);
+		rp->busy[slot] = 0;
+		if (rp->swait)
+			pthread_cond_signal(&rp->rcv);
 	}
 	pthread_mutex_unlock(&rp->mu);
 	return NULL;
 }
 
+/* The group sync. Each round gathers removals for REAP_SYNC_MS, then waits
+ * (at most REAP_SYNC_WAIT_MS) until the reapers have done every removal
+ * queued so far, then makes one syncfs. Removing first has two effects:
+ * the sync makes the removals themselves durable (a removed message is
+ * never delivered again, even after a power loss), and the -J of a
+ * completed message is normally unlinked while its last line is still
+ * only in the page cache, so the file system never allocates, writes and
+ * then frees (with a discard, on this kind of disk) a block for it. A
+ * message that stays on the queue does not need this: q_msg_commit
+ * rewrites its -H with fsync. */
 static void *syncer_main(void *arg)
 {
 	struct q_spool *s = arg;
@@ -1989,7 +2026,7 @@ static void *syncer_main(void *arg)
 			continue;
 		}
 		if (!rp->stop) {
-			/* gather the journals of other deliveries first */
+			/* gather the removals of other deliveries first */
 			struct timespec ts;
 
 			clock_gettime(CLOCK_REALTIME, &ts);
@@ -1999,13 +2036,24 @@ static void *syncer_main(void *arg)
 			(void)pthread_cond_timedwait(&rp->scv, &rp->mu, &ts);
 		}
 		uint64_t seq = ++rp->started;
+		uint64_t target = rp->qseq;
+		struct timespec until;
+
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_nsec += REAP_SYNC_WAIT_MS * 1000000L;
+		until.tv_sec += until.tv_nsec / 1000000000L;
+		until.tv_nsec %= 1000000000L;
+		rp->swait = true;
+		while (removed_upto(rp) < target &&
+		       pthread_cond_timedwait(&rp->rcv, &rp->mu, &until) == 0)
+			;
+		rp->swait = false;
 		pthread_mutex_unlock(&rp->mu);
 		if (syncfs(s->dfd) < 0)
-			q_log("syncfs %s: %s (journals of delivered messages may "
+			q_log("syncfs %s: %s (removals of delivered messages may "
 			      "not be on disk)", s->dir, strerror(errno));
 		pthread_mutex_lock(&rp->mu);
 		rp->done = seq;
-		pthread_cond_broadcast(&rp->cv);
 	}
 	pthread_mutex_unlock(&rp->mu);
 	return NULL;
@@ -2024,6 +2072,7 @@ int q_spool_reaper_start(struct q_spool *s, bool group_sync,
 	pthread_mutex_init(&rp->mu, NULL);
 	pthread_cond_init(&rp->cv, NULL);
 	pthread_cond_init(&rp->scv, NULL);
+	pthread_cond_init(&rp->rcv, NULL);
 	pthread_cond_init(&rp->space, NULL);
 	rp->tail = &rp->head;
 	s->reaper = rp;
@@ -2031,11 +2080,15 @@ int q_spool_reaper_start(struct q_spool *s, bool group_sync,
 	if (group_sync)
 		rc = pthread_create(&rp->syncer, NULL, syncer_main, s);
 	rp->have_syncer = group_sync && rc == 0;
+	if (rp->have_syncer)
+		(void)pthread_setname_np(rp->syncer, "q-syncer");
 	/* without the syncer asked for, no reaper: q_msg_commit removes */
 	for (; rp->nth < REAPERS && rc == 0; rp->nth++)
 		if ((rc = pthread_create(&rp->th[rp->nth], NULL, reaper_main,
 					 s)) != 0)
 			break;
+		else
+			(void)pthread_setname_np(rp->th[rp->nth], "q-reaper");
 	if (rp->nth == 0) {
 		q_spool_reaper_stop(s);    /* the syncer, if it started */
 		return q_err(error_r, "cannot start a thread: %s", strerror(rc));
@@ -2063,6 +2116,7 @@ void q_spool_reaper_stop(struct q_spool *s)
 	free(rp->idx);
 	s->reaper = NULL;
 	pthread_cond_destroy(&rp->scv);
+	pthread_cond_destroy(&rp->rcv);
 	pthread_cond_destroy(&rp->space);
 	pthread_cond_destroy(&rp->cv);
 	pthread_mutex_destroy(&rp->mu);

@@ -881,8 +881,8 @@ static void test_reaper(void)
 	reaper_case(false);
 }
 
-/* With the group sync, a message is removed only after a syncfs that
- * began after its commit: the same outcome, and the files all go. */
+/* With the group sync (a syncfs after the reapers have removed what was
+ * queued): the same outcome, and the files all go. */
 static void test_reaper_group_sync(void)
 {
 	reaper_case(true);
