@@ -468,8 +468,19 @@ static int cmd_list(int argc, char **argv)
 	if ((int)lc.count + (int)lc.ids + (int)lc.json > 1)
 		cli_usage_error("list: -c, -i and --json exclude each other");
 
-	if (lc.count && !lc.has_f && !lc.has_r && lc.older < 0 && lc.younger < 0 &&
-	    lc.frozen < 0) {
+	/* Without usable hints (a full disk where Berkeley DB cannot make
+	 * its regions, a damaged environment that cannot be moved aside),
+	 * the queue is still listed: from its files, which are the truth */
+	struct q_hints *h;
+	const char *herr = NULL;
+	bool scan = q_spool_hints(cli_spool(false), &h, &herr) < 0;
+
+	if (scan)
+		cli_warn("the hints cannot be opened (%s); listing from the "
+			 "spool's files instead (every -H is read; no retry "
+			 "times)", herr);
+	if (!scan && lc.count && !lc.has_f && !lc.has_r && lc.older < 0 &&
+	    lc.younger < 0 && lc.frozen < 0) {
 		size_t n;
 
 		if (q_spool_count(cli_spool(false), &n, &err) < 0)
@@ -480,7 +491,8 @@ static int cmd_list(int argc, char **argv)
 
 	if (lc.json)
 		cli_put("[\n");
-	if (q_spool_list(cli_spool(false), list_one, &lc, &err) < 0) {
+	if ((scan ? q_spool_list_files : q_spool_list)(cli_spool(false),
+						       list_one, &lc, &err) < 0) {
 		cli_warn("listing stopped: %s", err);
 		rc = EX_IOERR;
 	}

@@ -856,6 +856,52 @@ out:
 	return ret;
 }
 
+int q_spool_list_files(struct q_spool *s, q_list_fn *fn, void *ctx,
+		       const char **error_r)
+{
+	struct idvec scan = { 0 };
+	int ret = 0;
+
+	for (int k = 0; k < NSPLIT; k++) {
+		struct stat st;
+		size_t found;
+
+		if (split_stat(s, k, &st) != 0)
+			continue;    /* no such directory: no messages */
+		if (scan_split(s, k, &scan, &found, error_r) < 0) {
+			ret = -1;
+			goto out;
+		}
+	}
+	if (scan.n > 1)
+		qsort(scan.v, scan.n, sizeof(*scan.v), cmp_id);
+	for (size_t j = 0; j < scan.n; j++) {
+		struct q_index_rec r;
+		char id[Q_ID_LEN + 1];
+		int e;
+
+		memcpy(id, scan.v[j], Q_ID_LEN);
+		id[Q_ID_LEN] = '\0';
+		memset(&r, 0, sizeof(r));
+		e = rec_from_spool(s, id, &r, error_r);
+		if (e == Q_NOTFOUND)
+			continue;    /* removed since the scan, or corrupt */
+		if (e < 0) {
+			ret = -1;
+			break;
+		}
+		e = fn(&r, ctx);
+		q_index_rec_clear(&r);
+		if (e != 0) {
+			ret = e < 0 ? -1 : 0;
+			break;
+		}
+	}
+out:
+	free(scan.v);
+	return ret;
+}
+
 int q_spool_count(struct q_spool *s, size_t *count_r, const char **error_r)
 {
 	struct q_hints *h;

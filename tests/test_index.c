@@ -463,6 +463,48 @@ static void test_scan(void)
 	q_spool_close(&s);
 }
 
+/* Listing from the files alone (qctl list when the hints cannot be
+ * opened): the same messages in the same order as q_spool_list, a -H
+ * that is gone or garbled left out, and no hints opened or made. */
+static void test_list_files(void)
+{
+	struct q_spool *s = new_spool(), *s2 = NULL;
+	char ids[6][Q_ID_LEN + 1], path[PATH_MAX], db[PATH_MAX], aside[PATH_MAX];
+	struct coll c = { 0 }, f = { 0 };
+	const char *err = NULL;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+	for (int i = 0; i < 6; i++)
+		CU_ASSERT_EQUAL_FATAL(mk(s, "s@example.com", ids[i]), 0);
+	list(s, &c);
+	CU_ASSERT_EQUAL_FATAL(c.n, 6);
+	CU_ASSERT_EQUAL(unlink(q_spool_path(s, ids[1], 'H', path, sizeof(path))), 0);
+	CU_ASSERT_EQUAL(t_write_file(q_spool_path(s, ids[4], 'H', path,
+						  sizeof(path)), "garbage\n"), 0);
+	/* a second handle, with the hints put out of reach: any open would
+	 * make a new db/ */
+	snprintf(db, sizeof(db), "%s/db", q_spool_dir(s));
+	snprintf(aside, sizeof(aside), "%s/db.aside", q_spool_dir(s));
+	CU_ASSERT_EQUAL_FATAL(q_spool_open(q_spool_dir(s), 0, &s2, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(rename(db, aside), 0);
+	CU_ASSERT_EQUAL(q_spool_list_files(s2, coll_fn, &f, &err), 0);
+	CU_ASSERT_FALSE(f.bad);
+	CU_ASSERT_EQUAL_FATAL(f.n, 4);
+	CU_ASSERT_STRING_EQUAL(f.ids[0], ids[0]);
+	CU_ASSERT_STRING_EQUAL(f.ids[1], ids[2]);
+	CU_ASSERT_STRING_EQUAL(f.ids[2], ids[3]);
+	CU_ASSERT_STRING_EQUAL(f.ids[3], ids[5]);
+	CU_ASSERT_FALSE(exists(db));
+	/* stop early */
+	f.n = 0;
+	f.stop_after = 2;
+	CU_ASSERT_EQUAL(q_spool_list_files(s2, coll_fn, &f, &err), 0);
+	CU_ASSERT_EQUAL(f.n, 2);
+	q_spool_close(&s2);
+	CU_ASSERT_EQUAL(rename(aside, db), 0);
+	q_spool_close(&s);
+}
+
 void suite_index(void)
 {
 	CU_pSuite s = CU_add_suite("index", NULL, NULL);
@@ -474,4 +516,5 @@ void suite_index(void)
 	CU_add_test(s, "list passes errors through", test_list_error_and_scan);
 	CU_add_test(s, "rebuild and leftovers", test_rebuild);
 	CU_add_test(s, "scan", test_scan);
+	CU_add_test(s, "list from the files alone", test_list_files);
 }

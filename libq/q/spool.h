@@ -235,6 +235,13 @@ Q_API int q_index_del(struct q_hints *h, const char *id, const char **error_r);
 typedef int q_list_fn(const struct q_index_rec *r, void *ctx);
 Q_API int q_spool_list(struct q_spool *spool, q_list_fn *fn, void *ctx,
 		       const char **error_r);
+/* The same walk from the spool's files alone, without the hints: every
+ * input/<c>/ read, every -H opened (O(N) files; a garbled -H is moved to
+ * corrupt/ and skipped). next_try is 0 (retry times live in the
+ * hints). For when the hints cannot be opened: a full disk where Berkeley
+ * DB cannot make its regions, a damaged environment. */
+Q_API int q_spool_list_files(struct q_spool *spool, q_list_fn *fn,
+			     void *ctx, const char **error_r);
 /* Number of messages in the index (fast; no spool check). */
 Q_API int q_spool_count(struct q_spool *spool, size_t *count_r,
 			const char **error_r);
