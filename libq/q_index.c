@@ -351,6 +351,18 @@ static int rec_from_spool(struct q_spool *s, const char *id,
 	return 0;
 }
 
+/* rec_from_spool for the idx-th id of a directory scan (raw, no NUL). */
+static int rec_from_scan(struct q_spool *s, const struct idvec *iv,
+			 size_t idx, struct q_index_rec *r, const char **error_r)
+{
+	char id[Q_ID_LEN + 1];
+
+	memcpy(id, iv->v[idx], Q_ID_LEN);
+	id[Q_ID_LEN] = '\0';
+	memset(r, 0, sizeof(*r));
+	return rec_from_spool(s, id, r, error_r);
+}
+
 /* ------------------------------------------------------------------ */
 /* listing */
 
@@ -862,28 +874,14 @@ int q_spool_list_files(struct q_spool *s, q_list_fn *fn, void *ctx,
 	struct idvec scan = { 0 };
 	int ret = 0;
 
-	for (int k = 0; k < NSPLIT; k++) {
-		struct stat st;
-		size_t found;
-
-		if (split_stat(s, k, &st) != 0)
-			continue;    /* no such directory: no messages */
-		if (scan_split(s, k, &scan, &found, error_r) < 0) {
-			ret = -1;
-			goto out;
-		}
+	if (scan_sorted(s, &scan, error_r) < 0) {
+		free(scan.v);
+		return -1;
 	}
-	if (scan.n > 1)
-		qsort(scan.v, scan.n, sizeof(*scan.v), cmp_id);
 	for (size_t j = 0; j < scan.n; j++) {
 		struct q_index_rec r;
-		char id[Q_ID_LEN + 1];
-		int e;
+		int e = rec_from_scan(s, &scan, j, &r, error_r);
 
-		memcpy(id, scan.v[j], Q_ID_LEN);
-		id[Q_ID_LEN] = '\0';
-		memset(&r, 0, sizeof(r));
-		e = rec_from_spool(s, id, &r, error_r);
 		if (e == Q_NOTFOUND)
 			continue;    /* removed since the scan, or corrupt */
 		if (e < 0) {
@@ -897,7 +895,6 @@ int q_spool_list_files(struct q_spool *s, q_list_fn *fn, void *ctx,
 			break;
 		}
 	}
-out:
 	free(scan.v);
 	return ret;
 }
@@ -982,13 +979,8 @@ int q_index_rebuild(struct q_spool *s, size_t *count_r, const char **error_r)
 	}
 	for (size_t i = 0; i < scan.n; i++) {
 		struct q_index_rec r;
-		char id[Q_ID_LEN + 1];
-		int e;
+		int e = rec_from_scan(s, &scan, i, &r, error_r);
 
-		memcpy(id, scan.v[i], Q_ID_LEN);
-		id[Q_ID_LEN] = '\0';
-		memset(&r, 0, sizeof(r));
-		e = rec_from_spool(s, id, &r, error_r);
 		if (e == Q_NOTFOUND)
 			continue;
 		if (e == 0)
