@@ -66,6 +66,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -790,9 +791,22 @@ static int job_begin(struct run *r, struct job *j)
 				stat_add(r, &r->st->skipped_busy, 1);
 				vlog(r, "%s busy (locked by another process): skipped", m->id);
 			} else if (ret < 0) {
+				int e = errno;
+
 				q_log("%s cannot lock: %s", m->id, err);
 				vlog(r, "%s cannot lock: %s", m->id, err);
 				m->busy = true;
+				/* out of descriptors: every message after this one
+				 * would be skipped the same way; stop the run and
+				 * say so (the messages stay queued) */
+				if (e == EMFILE || e == ENFILE) {
+					char t[sizeof(r->fatal_text)];
+
+					snprintf(t, sizeof(t), "%.400s (raise the limit "
+						 "of open files, ulimit -n, or lower -P)",
+						 err);
+					set_fatal(r, t);
+				}
 			} else {
 				m->busy = true;  /* gone since the index was read */
 			}
@@ -1719,6 +1733,15 @@ int q_run(struct q_spool *spool, const struct q_conf *conf,
 	r.now = time(NULL);
 	pthread_mutex_init(&r.mu, NULL);
 	pthread_cond_init(&r.cv, NULL);
+	/* descriptors: the spool's reaper holds up to 768 message locks
+	 * besides the workers' sockets and files; 1024 is a common soft
+	 * limit, so take what the hard limit allows, up to 4096 */
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 4096 &&
+	    rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max < 4096 ? rl.rlim_max : 4096;
+		(void)setrlimit(RLIMIT_NOFILE, &rl);
+	}
 
 	if (q_spool_hints(spool, &r.hints, error_r) < 0) {
 		run_free(&r);

@@ -2091,11 +2091,75 @@ static void test_inproc(void)
 	CU_ASSERT_EQUAL(sstat(&s, "rcpts"), sink + 5 + 5 + 10 + 10);
 }
 
+/* Out of file descriptors (a low ulimit -n): the run stops with an error
+ * that says so and how to fix it, exits non-zero, and loses nothing: the
+ * next run, with the usual limit, delivers the rest, each recipient
+ * once. (It used to skip every message it could not open and exit 0.)
+ * The limit is set with prlimit(1), from util-linux. */
+static void test_out_of_fds(void)
+{
+	struct ctx c;
+	struct srv s;
+	enum { N = 300 };
+	const char *prl = "/usr/bin/prlimit";
+
+	if (access(prl, X_OK) != 0) {
+		fprintf(stderr, "\n  (no %s: test not run)\n", prl);
+		return;
+	}
+	CU_ASSERT_FATAL(ctx_init(&c) == 0);
+	CU_ASSERT_FATAL(srv_start(&s, &c, "sink", 0, NULL, NULL) == 0);
+	ctx_conf(&c, "route * = 127.0.0.1:%u\n", s.port[0]);
+	struct q_spool *sp = spool_open(&c);
+	CU_ASSERT_FATAL(sp != NULL);
+	for (int i = 0; i < N; i++) {
+		char r[64], id[Q_ID_LEN + 1];
+
+		snprintf(r, sizeof(r), "u%d@d%d.test", i, i % 7);
+		CU_ASSERT_FATAL(submit_sp(sp, "a@sender.test", r, NULL, id) == 0);
+	}
+	q_spool_close(&sp);
+
+	struct t_out o;
+	const char *argv[] = { prl, "--nofile=90:90", t_bin("qrun"), "-C",
+			       c.conf, "-P", "4", "--json", NULL };
+	CU_ASSERT_FATAL(argv[2] != NULL);
+	CU_ASSERT_EQUAL_FATAL(t_run(argv, NULL, &o), 0);
+	CU_ASSERT(o.status != 0 && o.status < 128);
+	CU_ASSERT_PTR_NOT_NULL(o.err != NULL ?
+			       strstr(o.err, "Too many open files") : NULL);
+	CU_ASSERT_PTR_NOT_NULL(o.err != NULL ? strstr(o.err, "ulimit -n") : NULL);
+	t_out_free(&o);
+	CU_ASSERT(queue_count(&c) > 0);
+
+	CU_ASSERT_EQUAL(QRUN(&c, &o, "-P", "4", NULL), 0);
+	t_out_free(&o);
+	CU_ASSERT_EQUAL(queue_count(&c), 0);
+	char *acc = rec_accepted(&s);
+	int missing = 0, dup = 0;
+	for (int i = 0; i < N; i++) {
+		char a[64];
+		int k;
+
+		snprintf(a, sizeof(a), "<u%d@d%d.test>", i, i % 7);
+		k = count_str(acc, a);
+		missing += k == 0;
+		dup += k > 1;
+	}
+	CU_ASSERT_EQUAL(missing, 0);
+	CU_ASSERT_EQUAL(dup, 0);
+	free(acc);
+	srv_stop(&s);
+
+}
+
 void suite_qrun(void)
 {
 	CU_pSuite s = CU_add_suite("qrun", NULL, NULL);
 
 	CU_add_test(s, "200 messages, 1-3 recipients, 6 domains: all at the sink", test_bulk);
+	CU_add_test(s, "out of file descriptors: stops, says so, loses nothing",
+		    test_out_of_fds);
 	CU_add_test(s, "pipelining used when advertised, never otherwise", test_pipelining);
 	CU_add_test(s, "2xx, 4xx and 5xx RCPT in one transaction; bounce", test_rcpt_mixed);
 	CU_add_test(s, "disconnect mid-DATA: pending, lost_connection, then once", test_mid_data);
