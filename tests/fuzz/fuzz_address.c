@@ -193,6 +193,14 @@ static void check_rcpts(const char *const *v, size_t n)
 }
 
 /* pre: start with one recipient in the list (else an empty list) */
+static bool same_addr(const char *a, const char *b)
+{
+	const char *da = q_addr_domain(a), *db = q_addr_domain(b);
+
+	return da - a == db - b && memcmp(a, b, (size_t)(da - a)) == 0 &&
+		strcasecmp(da, db) == 0;
+}
+
 static void header_rcpts(const struct q_buf *canon, bool pre)
 {
 	struct q_buf m = { 0 };
@@ -238,10 +246,15 @@ static void header_rcpts(const struct q_buf *canon, bool pre)
 	 * regress/address/header-names-pre) */
 	FZ_CHECK(n2 <= n, "second call: %zu recipients, first list %zu", n2,
 		 n);
+	/* the same address: the local part exactly, the domain in any case
+	 * (how q_msg_header_rcpts tells duplicates; the first spelling is
+	 * kept, so "s@examplE.org" in a Bcc: field the first call removed
+	 * and "s@example.org" after it are one address: finding 7,
+	 * regress/address/domain-case-first-in-bcc) */
 	for (size_t i = 0; i < n2; i++) {
 		size_t j = 0;
 
-		while (j < n && strcmp(v2[i], v[j]) != 0)
+		while (j < n && !same_addr(v2[i], v[j]))
 			j++;
 		FZ_CHECK(j < n, "second call found <%s>, not in the first list",
 			 v2[i]);
