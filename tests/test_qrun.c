@@ -320,6 +320,16 @@ static int count_str(const char *hay, const char *needle)
 	return n;
 }
 
+/* Count addr in the server's accepted list: *missing when it is not
+ * there, *dup when it is there more than once. */
+static void tally(const char *acc, const char *addr, int *missing, int *dup)
+{
+	int k = count_str(acc, addr);
+
+	*missing += k == 0;
+	*dup += k > 1;
+}
+
 /* Host retry keys (T:...) in retry JSON. */
 static int count_host_keys(const char *json)
 {
@@ -726,9 +736,7 @@ static void test_bulk(void)
 		for (int j = 0; j < 1 + i % 3; j++) {
 			char a[64];
 			snprintf(a, sizeof(a), "<u%d.%d@d%d.test>", i, j, (i + j * 2) % NDOM);
-			int k = count_str(acc, a);
-			missing += k == 0;
-			dup += k > 1;
+			tally(acc, a, &missing, &dup);
 		}
 	CU_ASSERT_EQUAL(missing, 0);
 	CU_ASSERT_EQUAL(dup, 0);
@@ -2139,18 +2147,14 @@ static void test_out_of_fds(void)
 	int missing = 0, dup = 0;
 	for (int i = 0; i < N; i++) {
 		char a[64];
-		int k;
 
 		snprintf(a, sizeof(a), "<u%d@d%d.test>", i, i % 7);
-		k = count_str(acc, a);
-		missing += k == 0;
-		dup += k > 1;
+		tally(acc, a, &missing, &dup);
 	}
 	CU_ASSERT_EQUAL(missing, 0);
 	CU_ASSERT_EQUAL(dup, 0);
 	free(acc);
 	srv_stop(&s);
-
 }
 
 void suite_qrun(void)
