@@ -23,6 +23,11 @@
  *   only one worker connects to it: a dead or stalling host costs one
  *   connection attempt per IP, not one per worker.
  * - A recipient delivered after a 4xx loses its address retry record.
+ * - RCPT refused for the server's recipient limit (452, or 552 X.5.3,
+ *   after the server took others of the transaction, which went
+ *   through) decides nothing: those recipients go first on the
+ *   destination's queue as a smaller job, so the same connection sends
+ *   them next, and that connection asks for no more than it took.
  * - Retry times as Exim: an IP not due is skipped (and not counted towards
  *   hosts_max_try) unless the message is older than the rule's cutoff;
  *   past the final cutoff of every IP the recipients bounce, at once with
@@ -1040,6 +1045,8 @@ struct conn_state {
 	char slot_host[256];
 	unsigned slot;
 	bool have_slot;
+	size_t rcpt_limit;     /* recipients per transaction this server took
+				  before saying "too many" (0: none seen) */
 };
 
 static void conn_close(struct worker *w, struct conn_state *cs)
@@ -1048,6 +1055,7 @@ static void conn_close(struct worker *w, struct conn_state *cs)
 		sess_update(w, "quit", NULL, cs->c);
 		q_smtp_close(&cs->c);
 	}
+	cs->rcpt_limit = 0;
 	if (cs->have_slot) {
 		(void)q_serialize_release(w->r->hints, cs->slot_host, cs->slot, NULL);
 		cs->have_slot = false;
@@ -1271,6 +1279,65 @@ static int dest_connect(struct worker *w, struct dest *d, struct conn_state *cs,
 enum send_result { SENT, REQUEUE, DROPPED };
 
 /* Send one job down an open connection and journal every result. */
+/* Is a refusal of RCPT the server's limit of recipients per transaction
+ * (RFC 5321 4.5.3.1.10: such a server MUST answer 452, and the client
+ * SHOULD treat a 552 for it as temporary)? An enhanced code decides
+ * (X.5.3 is "too many recipients", RFC 3463; 4.2.2 "mailbox full" is
+ * not); without one, a 452, or a 552 saying so. The caller asks only
+ * for a recipient that comes after one the server accepted. */
+static bool over_rcpt_limit(int code, const char *text)
+{
+	if (code != 452 && code != 552)
+		return false;
+	if (text == NULL)
+		return code == 452;
+	const char *s = text;
+	if ((s[0] == '4' || s[0] == '5') && s[1] == '.') {
+		s += 2;
+		size_t a = strspn(s, "0123456789");
+		if (a > 0 && a <= 3 && s[a] == '.') {
+			size_t b = strspn(s + a + 1, "0123456789");
+			if (b > 0 && b <= 3)
+				return a == 1 && s[0] == '5' && b == 1 &&
+				       s[a + 1] == '3';
+		}
+	}
+	if (code == 452)
+		return true;
+	static const char want[] = "too many recipients";
+	for (const char *p = text; *p; p++)
+		if (strncasecmp(p, want, sizeof(want) - 1) == 0)
+			return true;
+	return false;
+}
+
+/* Queue first on d a job for the recipients of j at positions pos[0..np)
+ * of j (recipients the server had no room for in this transaction, or
+ * that a limit it showed kept out of it): the worker that holds the
+ * connection sends it next, after RSET. Each such job is smaller than the
+ * one it came from, so the chain ends. Out of memory: they stay pending
+ * for the next run. */
+static void push_followup(struct run *r, struct dest *d, const struct job *j,
+			  const size_t *pos, size_t np)
+{
+	struct job *f = calloc(1, sizeof(*f));
+	if (f == NULL)
+		return;
+	f->m = j->m;
+	f->primary = j->primary;
+	for (size_t i = 0; i < np; i++)
+		if (job_add_rcpt(f, j->rcpt[pos[i]], j->addr[pos[i]]) < 0) {
+			job_free(f);
+			return;
+		}
+	pthread_mutex_lock(&f->m->mu);
+	f->m->jobs_left++;
+	pthread_mutex_unlock(&f->m->mu);
+	pthread_mutex_lock(&r->mu);
+	dest_push_front(d, f);
+	pthread_mutex_unlock(&r->mu);
+}
+
 static enum send_result job_send(struct worker *w, struct dest *d,
 				 struct conn_state *cs, struct job *j, bool rset)
 {
@@ -1280,11 +1347,18 @@ static enum send_result job_send(struct worker *w, struct dest *d,
 	struct q_env *env = q_msg_env(m->msg);
 	const char *rcpts[j->n ? j->n : 1];
 	size_t map[j->n ? j->n : 1];
-	size_t n = 0;
+	size_t pos[j->n ? j->n : 1];    /* each one's position in j */
+	size_t rest[j->n ? j->n : 1];   /* kept for another transaction */
+	size_t n = 0, nrest = 0;
 
 	for (size_t k = 0; k < j->n; k++)
 		if (still_pending(env, j, k)) {
+			if (cs->rcpt_limit > 0 && n == cs->rcpt_limit) {
+				rest[nrest++] = k;
+				continue;
+			}
 			rcpts[n] = env->rcpt[j->rcpt[k]].addr;
+			pos[n] = k;
 			map[n++] = j->rcpt[k];
 		}
 	if (n == 0)
@@ -1340,6 +1414,27 @@ static enum send_result job_send(struct worker *w, struct dest *d,
 		return REQUEUE;
 	}
 
+	/* Recipients refused for the server's recipient limit after it
+	 * took others into a transaction that went through: nothing is
+	 * decided for them, and no retry record is made; another
+	 * transaction takes them at once (on this connection, at most as
+	 * many recipients as it took this time). */
+	bool over[n];
+	size_t nover = 0, took = 0;
+	bool went_through = ret == 0 && e.kind[0] == '\0';
+	for (size_t k = 0; k < n; k++) {
+		over[k] = went_through && took > 0 &&
+			  over_rcpt_limit(codes[k], texts[k]);
+		if (over[k]) {
+			rest[nrest++] = pos[k];
+			nover++;
+		} else if (codes[k] >= 200 && codes[k] < 300) {
+			took++;
+		}
+	}
+	if (nover > 0 && (cs->rcpt_limit == 0 || took < cs->rcpt_limit))
+		cs->rcpt_limit = took;
+
 	const char *tls = q_smtp_tls_info(cs->c);
 	pthread_mutex_lock(&m->mu);
 	/* First the journal, in one write for the whole transaction: what
@@ -1347,6 +1442,10 @@ static enum send_result job_send(struct worker *w, struct dest *d,
 	bool was_4xx[n];
 	for (size_t k = 0; k < n; k++) {
 		int code = codes[k];
+		if (over[k]) {
+			was_4xx[k] = false;
+			continue;
+		}
 		const char *text = texts[k] ? texts[k] : e.text;
 		const struct q_rcpt *rc = &env->rcpt[map[k]];
 		was_4xx[k] = rc->last_code >= 400 && rc->last_code < 500;
@@ -1373,6 +1472,10 @@ static enum send_result job_send(struct worker *w, struct dest *d,
 	for (size_t k = 0; k < n; k++) {
 		int code = codes[k];
 		const char *text = texts[k] ? texts[k] : e.text;
+		if (over[k]) {
+			free(texts[k]);
+			continue;
+		}
 		if (code >= 200 && code < 300) {
 			if (was_4xx[k]) {
 				/* deferred before: its address retry record goes */
@@ -1416,7 +1519,13 @@ static enum send_result job_send(struct worker *w, struct dest *d,
 		}
 		free(texts[k]);
 	}
+	if (nover > 0)
+		mlog(r, m, "H=%s [%s] took %zu of %zu recipients (its recipient "
+		     "limit): %zu more in another transaction", h->name, h->ip,
+		     took, n, nover);
 	pthread_mutex_unlock(&m->mu);
+	if (nrest > 0)
+		push_followup(r, d, j, rest, nrest);
 	/* no "idle" session update here: the next message (its "mail"
 	   update) or the close ("quit") follows at once, and each update is
 	   a hints transaction */

@@ -1974,6 +1974,116 @@ static void test_max_rcpt(void)
 	CU_ASSERT_EQUAL(rec_count(&s, "msg", "to=<r1@d.test>,<r2@e.test> "), 1);
 }
 
+/* A server with a limit of 2 recipients per transaction, as big
+ * providers answer it ("452 4.5.3 Too many recipients", RFC 5321
+ * 4.5.3.1.10): the rest go in further transactions on the same
+ * connection at once, without retry records; after the first "too many"
+ * no transaction on that connection asks for more than the server took. */
+static void test_rcpt_limit(void)
+{
+	static const struct {
+		const char *reply;      /* to the 3rd and later RCPT */
+	} cases[] = {
+		{"452 4.5.3 Too many recipients"},
+		{"552 5.5.3 Too many recipients"},   /* RFC 5321: temporary */
+		{"452 too many recipients, try again"},  /* no enhanced code */
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct ctx c;
+		struct srv s;
+		struct t_out o;
+		char script[512];
+		size_t l = 0;
+
+		for (int k = 3; k <= 7; k++)
+			l += (size_t)snprintf(script + l, sizeof(script) - l,
+					      "rcpt %d: %s\n", k, cases[i].reply);
+		CU_ASSERT_FATAL(ctx_init(&c) == 0);
+		CU_ASSERT_FATAL(srv_start(&s, &c, "srv", 0, script, NULL) == 0);
+		ctx_hosts(&c, "127.0.0.1 mx.test\n");
+		ctx_conf(&c, "route * = mx.test:%u\n", s.port[0]);
+		CU_ASSERT_FATAL(submit(&c, "a@sender.test", "r1@d.test r2@d.test "
+				       "r3@d.test r4@d.test r5@d.test r6@d.test "
+				       "r7@d.test", NULL, NULL) == 0);
+		CU_ASSERT_EQUAL(QRUN(&c, &o, "-P", "1", NULL), 0);
+		CU_ASSERT_EQUAL(jnum(o.out, "delivered"), 7);
+		CU_ASSERT_EQUAL(jnum(o.out, "deferred"), 0);
+		CU_ASSERT_EQUAL(jnum(o.out, "failed"), 0);
+		CU_ASSERT_EQUAL(jnum(o.out, "bounces"), 0);
+		CU_ASSERT_EQUAL(jnum(o.out, "completed"), 1);
+		CU_ASSERT_EQUAL(jnum(o.out, "connections"), 1);
+		t_out_free(&o);
+		CU_ASSERT_EQUAL(queue_count(&c), 0);
+		char *rj = retry_json(&c);
+		CU_ASSERT_PTR_NULL(strstr(rj, "@d.test"));
+		CU_ASSERT_EQUAL(count_host_keys(rj), 0);
+		free(rj);
+		char *acc = rec_accepted(&s);
+		for (int k = 1; k <= 7; k++) {
+			char a[32];
+			snprintf(a, sizeof(a), "<r%d@", k);
+			CU_ASSERT_EQUAL(count_str(acc, a), 1);
+		}
+		free(acc);
+		/* 7 + 5 refused in the first transaction; a runner that did
+		   not keep to the limit would send 7 + 5 + 3 + 1 */
+		CU_ASSERT_EQUAL(rec_count(&s, "cmd", "RCPT TO"), 12);
+		char lp[PATH_MAX + 32];
+		snprintf(lp, sizeof(lp), "%s/log/mainlog", c.spool);
+		char *log = t_read_file(lp, NULL);
+		CU_ASSERT_EQUAL(count_str(log, "took 2 of 7 recipients (its "
+					  "recipient limit): 5 more"), 1);
+		free(log);
+		srv_stop(&s);
+		CU_ASSERT_EQUAL(sstat(&s, "msgs"), 4);
+		CU_ASSERT_EQUAL(sstat(&s, "rcpts"), 7);
+	}
+}
+
+/* A 452 that is not the recipient limit stays an address's deferral:
+ * "4.2.2 mailbox full" after an accepted recipient, and a "too many" to
+ * the first RCPT of a transaction (nothing taken, so no limit shown). */
+static void test_rcpt_452_other(void)
+{
+	static const struct {
+		const char *script, *rcpts, *deferred;
+		long delivered;
+	} cases[] = {
+		{"rcpt 2: 452 4.2.2 mailbox full\n", "ok@d.test full@d.test",
+		 "full@d.test", 1},
+		{"rcpt 1: 452 4.5.3 Too many recipients\n", "first@d.test",
+		 "first@d.test", 0},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct ctx c;
+		struct srv s;
+		struct t_out o;
+		char id[Q_ID_LEN + 1], key[128], cmd[64];
+
+		CU_ASSERT_FATAL(ctx_init(&c) == 0);
+		CU_ASSERT_FATAL(srv_start(&s, &c, "srv", 0, cases[i].script,
+					  NULL) == 0);
+		ctx_hosts(&c, "127.0.0.1 mx.test\n");
+		ctx_conf(&c, "route * = mx.test:%u\n", s.port[0]);
+		CU_ASSERT_FATAL(submit(&c, "a@sender.test", cases[i].rcpts, NULL,
+				       id) == 0);
+		CU_ASSERT_EQUAL(QRUN(&c, &o, "-P", "1", NULL), 0);
+		CU_ASSERT_EQUAL(jnum(o.out, "delivered"), cases[i].delivered);
+		CU_ASSERT_EQUAL(jnum(o.out, "deferred"), 1);
+		t_out_free(&o);
+		char *rj = retry_json(&c);
+		snprintf(key, sizeof(key), "%s:%s", cases[i].deferred, id);
+		CU_ASSERT_STRING_EQUAL(retry_kind(rj, key), "rcpt_4xx");
+		free(rj);
+		CU_ASSERT_EQUAL(queue_count(&c), 1);
+		/* asked for once: no second transaction for it */
+		snprintf(cmd, sizeof(cmd), "RCPT TO:<%s>", cases[i].deferred);
+		CU_ASSERT_EQUAL(rec_count(&s, "cmd", cmd), 1);
+		srv_stop(&s);
+		CU_ASSERT_EQUAL(sstat(&s, "msgs"), cases[i].delivered);
+	}
+}
+
 /* qrun -d: a run every interval; SIGHUP re-reads the configuration;
  * SIGTERM ends it (exit 0) */
 static void test_daemon(void)
@@ -2190,6 +2300,10 @@ void suite_qrun(void)
 		    test_handoff_refused);
 	CU_add_test(s, "past the retry cutoff: bounce, delay_after_cutoff", test_cutoff);
 	CU_add_test(s, "max_rcpt = 2: five recipients in three transactions", test_max_rcpt);
+	CU_add_test(s, "452/552 too many recipients: the rest at once, no retry record",
+		    test_rcpt_limit);
+	CU_add_test(s, "452 mailbox full, 452 to the first RCPT: address deferrals",
+		    test_rcpt_452_other);
 	CU_add_test(s, "qrun -d: runs every interval, SIGHUP, SIGTERM", test_daemon);
 	CU_add_test(s, "q_run in this process: 55 messages, 4 kinds of destination",
 		    test_inproc);
