@@ -620,6 +620,7 @@ static void show_json(const struct q_env *env, const struct q_index_rec *ir)
 	cli_json_kbool("frozen", (env->flags & Q_ENV_FROZEN) != 0);
 	cli_json_kstr("frozen_reason", env->frozen_reason);
 	cli_json_kbool("bounce", (env->flags & Q_ENV_BOUNCE) != 0);
+	cli_json_kbool("8bit", (env->flags & Q_ENV_8BIT) != 0);
 	cli_json_key("next_try");
 	if (ir != NULL)
 		cli_json_int((long long)ir->next_try);
@@ -679,6 +680,8 @@ static void show_text(const struct q_env *env, const struct q_index_rec *ir)
 	}
 	if ((env->flags & Q_ENV_BOUNCE) != 0)
 		cli_put("Bounce:      yes (a delivery status notification)\n");
+	if ((env->flags & Q_ENV_8BIT) != 0)
+		cli_put("Body:        8-bit (sent with BODY=8BITMIME where offered)\n");
 	if (ir != NULL) {
 		if (ir->next_try == 0 || ir->next_try <= cli.now)
 			cli_put("Next try:    due now\n");

@@ -1376,6 +1376,7 @@ static enum send_result job_send(struct worker *w, struct dest *d,
 		texts[k] = NULL;
 	}
 	sess_update(w, "mail", m->id, cs->c);
+	q_smtp_set_body_8bit(cs->c, (env->flags & Q_ENV_8BIT) != 0);
 	int ret = q_smtp_send(cs->c, rset, env->sender, rcpts, n, fd, dsize,
 			      codes, texts, &e);
 

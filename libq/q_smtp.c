@@ -54,8 +54,9 @@
  * broke the connection, q_smtp_state() stays at the phase that failed;
  * "dot" is entered before the block carrying the final dot is written.
  *
- * Not done / weak: BODY=8BITMIME is never sent (the data is not
- * scanned); CHUNKING is parsed but BDAT is not used; no AUTH; DANE and
+ * Not done / weak: 8-bit data goes to a server that does not offer
+ * 8BITMIME as it is (no conversion to quoted-printable, like Exim);
+ * CHUNKING is parsed but BDAT is not used; no AUTH; DANE and
  * MTA-STS are the caller's business. Extensions are matched against a
  * fixed keyword list (O(lines x 7) per EHLO). TLS 1.3 tickets are reused
  * by parallel connections to the same key rather than used once.
@@ -514,6 +515,7 @@ struct q_smtp_conn {
 	bool broken, dirty;
 	unsigned exts;
 	unsigned long long max_size;
+	bool body8;            /* the next transactions' data is 8-bit */
 	long long cmd_ms, data_ms, final_ms;
 	long long size_addition;
 	_Atomic(const char *) state;
@@ -1556,6 +1558,9 @@ static int add_command(struct q_smtp_conn *c, size_t k, bool rset,
 		    q_buf_printf(b, " SIZE=%llu", (unsigned long long)len +
 				 (unsigned long long)c->size_addition) < 0)
 			return -1;
+		if (c->body8 && (c->exts & Q_EXT_8BITMIME) &&
+		    q_buf_add(b, " BODY=8BITMIME", 14) < 0)
+			return -1;
 		if (utf8 && q_buf_add(b, " SMTPUTF8", 9) < 0)
 			return -1;
 		return q_buf_add(b, "\r\n", 2);
@@ -1567,6 +1572,11 @@ static int add_command(struct q_smtp_conn *c, size_t k, bool rset,
 		return q_buf_add(b, ">\r\n", 3);
 	}
 	return q_buf_add(b, "DATA\r\n", 6);
+}
+
+void q_smtp_set_body_8bit(struct q_smtp_conn *c, bool eightbit)
+{
+	c->body8 = eightbit;
 }
 
 int q_smtp_send(struct q_smtp_conn *c, bool rset, const char *sender,

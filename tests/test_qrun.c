@@ -2040,6 +2040,49 @@ static void test_rcpt_limit(void)
 	}
 }
 
+/* RFC 6152: a message with 8-bit data says BODY=8BITMIME to a server
+ * that offers 8BITMIME; a 7-bit one never does; a server without the
+ * offer gets the message without BODY= (nothing is lost). */
+static void test_8bitmime(void)
+{
+	static const struct {
+		const char *script;
+		const char *body;
+		int body8;              /* BODY=8BITMIME expected on MAIL */
+	} cases[] = {
+		{NULL, "Subject: caf\xc3\xa9\n\nd\xc3\xa9j\xc3\xa0 vu\n", 1},
+		{NULL, "Subject: plain\n\nascii only\n", 0},
+		{"ext -8BITMIME\n", "Subject: caf\xc3\xa9\n\n8-bit\n", 0},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct ctx c;
+		struct srv s;
+		struct t_out o;
+		char id[Q_ID_LEN + 1];
+
+		CU_ASSERT_FATAL(ctx_init(&c) == 0);
+		CU_ASSERT_FATAL(srv_start(&s, &c, "srv", 0, cases[i].script,
+					  NULL) == 0);
+		ctx_hosts(&c, "127.0.0.1 mx.test\n");
+		ctx_conf(&c, "route * = mx.test:%u\n", s.port[0]);
+		CU_ASSERT_FATAL(submit(&c, "a@sender.test", "x@d.test",
+				       cases[i].body, id) == 0);
+		bool eight = strchr(cases[i].body, '\xc3') != NULL;
+		char *js = show(&c, id, "--json");
+		CU_ASSERT_PTR_NOT_NULL(strstr(js, eight ? "\"8bit\":true"
+					      : "\"8bit\":false"));
+		free(js);
+		CU_ASSERT_EQUAL(QRUN(&c, &o, NULL), 0);
+		CU_ASSERT_EQUAL(jnum(o.out, "delivered"), 1);
+		t_out_free(&o);
+		CU_ASSERT_EQUAL(rec_count(&s, "cmd", "MAIL FROM:<a@sender.test>"), 1);
+		CU_ASSERT_EQUAL(rec_count(&s, "cmd", "BODY=8BITMIME"),
+				cases[i].body8);
+		srv_stop(&s);
+		CU_ASSERT_EQUAL(sstat(&s, "msgs"), 1);
+	}
+}
+
 /* A 452 that is not the recipient limit stays an address's deferral:
  * "4.2.2 mailbox full" after an accepted recipient, and a "too many" to
  * the first RCPT of a transaction (nothing taken, so no limit shown). */
@@ -2304,6 +2347,8 @@ void suite_qrun(void)
 		    test_rcpt_limit);
 	CU_add_test(s, "452 mailbox full, 452 to the first RCPT: address deferrals",
 		    test_rcpt_452_other);
+	CU_add_test(s, "BODY=8BITMIME for 8-bit data where offered, never else",
+		    test_8bitmime);
 	CU_add_test(s, "qrun -d: runs every interval, SIGHUP, SIGTERM", test_daemon);
 	CU_add_test(s, "q_run in this process: 55 messages, 4 kinds of destination",
 		    test_inproc);

@@ -181,13 +181,20 @@ Q_API unsigned q_smtp_msgs(const struct q_smtp_conn *c); /* transactions accepte
  * but DATA answered 354, an empty message (".") is sent and its reply
  * ignored (RFC 2920 3.1). The reply to the final dot is read and
  * returned before anything else is written: the next command (RSET,
- * QUIT) goes out only on the caller's next call. BODY=8BITMIME is never
- * sent (the data is not scanned); SMTPUTF8 is added when offered and an
- * address has 8-bit bytes. rset is forced when the last transaction
+ * QUIT) goes out only on the caller's next call. BODY=8BITMIME is sent
+ * when q_smtp_set_body_8bit said so and the server offers 8BITMIME;
+ * SMTPUTF8 is added when offered and an address has 8-bit bytes. rset is forced when the last transaction
  * left a MAIL open (every RCPT refused without PIPELINING). */
 Q_API int q_smtp_send(struct q_smtp_conn *c, bool rset, const char *sender,
 		      const char *const *rcpts, size_t n, int fd, off_t len,
 		      int *rcpt_codes, char **rcpt_texts, struct q_smtp_err *e);
+
+/* What the data of the following q_smtp_send calls on c is: with
+ * eightbit (octets over 127, Q_ENV_8BIT), MAIL carries BODY=8BITMIME
+ * when the server offers 8BITMIME (RFC 6152). A server that does not
+ * offer it gets the data as it is and no BODY= (as Exim and most MTAs
+ * do; nothing is converted). Default false: no BODY=. */
+Q_API void q_smtp_set_body_8bit(struct q_smtp_conn *c, bool eightbit);
 
 /* The session state for live-session display: "banner", "ehlo",
  * "starttls", "mail", "rcpt", "data", "dot", "rset", "quit", "idle".

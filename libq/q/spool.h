@@ -56,6 +56,11 @@ struct q_rcpt {
 
 #define Q_ENV_FROZEN  0x01
 #define Q_ENV_BOUNCE  0x02   /* this message is a bounce (DSN) */
+#define Q_ENV_8BIT    0x04   /* the data has octets over 127: MAIL gets
+				BODY=8BITMIME where offered (RFC 6152); set
+				by q_spool_create from the data, never by
+				the caller */
+#define Q_ENV_KNOWN   (Q_ENV_FROZEN | Q_ENV_BOUNCE | Q_ENV_8BIT)
 
 struct q_env {
 	char id[Q_ID_LEN + 1];
