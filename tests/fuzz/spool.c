@@ -148,7 +148,7 @@ void fz_env_check(const struct q_env *e, const char *id)
 {
 	FZ_CHECK(strcmp(e->id, id) == 0, "envelope id %s, file %s", e->id, id);
 	FZ_CHECK(e->sender != NULL, "no sender (the null sender is \"\")");
-	FZ_CHECK((e->flags & ~(unsigned)(Q_ENV_FROZEN | Q_ENV_BOUNCE)) == 0,
+	FZ_CHECK((e->flags & ~(unsigned)Q_ENV_KNOWN) == 0,
 		 "unknown flags %#x", e->flags);
 	FZ_CHECK(e->frozen_reason == NULL || (e->flags & Q_ENV_FROZEN),
 		 "frozen reason on a message that is not frozen");
