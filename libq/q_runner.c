@@ -1006,11 +1006,14 @@ static void job_defer_all(struct run *r, struct dest *d, struct job *j,
 		if (!still_pending(env, j, k))
 			continue;
 		if (bounce) {
+			const char *why = d->route_status == Q_ROUTE_PERMANENT
+					  ? "" : " (retry timeout exceeded)";
+			struct q_buf tb = {0};
+			(void)q_buf_printf(&tb, "%s%s", e->text, why);
 			note_result(r, m, j->rcpt[k], Q_RCPT_FAILED, e->code, host,
-				    e->text);
-			mlog(r, m, "** %s: %s%s", j->addr[k], e->text,
-			     d->route_status == Q_ROUTE_PERMANENT ? ""
-			     : " (retry timeout exceeded)");
+				    tb.data ? tb.data : e->text);
+			q_buf_free(&tb);
+			mlog(r, m, "** %s: %s%s", j->addr[k], e->text, why);
 		} else {
 			/* recipients on their way to the fallback hosts are
 			   counted there, not as deferred */
@@ -1047,6 +1050,7 @@ struct conn_state {
 	bool have_slot;
 	size_t rcpt_limit;     /* recipients per transaction this server took
 				  before saying "too many" (0: none seen) */
+	bool host_rec;         /* the IP had a retry record at connect */
 };
 
 static void conn_close(struct worker *w, struct conn_state *cs)
@@ -1056,6 +1060,7 @@ static void conn_close(struct worker *w, struct conn_state *cs)
 		q_smtp_close(&cs->c);
 	}
 	cs->rcpt_limit = 0;
+	cs->host_rec = false;
 	if (cs->have_slot) {
 		(void)q_serialize_release(w->r->hints, cs->slot_host, cs->slot, NULL);
 		cs->have_slot = false;
@@ -1092,8 +1097,31 @@ static void fill_opts(struct run *r, const struct q_host *h, struct q_smtp_opts 
  * record, and no other try of it in this run (not even with -f). Returns
  * the record's next try (0 if unknown); *expired_r (may be NULL) says
  * whether the record is past its rule's final cutoff. */
+/* Has a failure timed out for a message that arrived at `arrival`? As
+ * Exim: the record is past its rule's final cutoff, or the message has
+ * waited longer than that cutoff since it arrived or since the failure
+ * began, whichever was first. (The second part matters when successes
+ * of other messages keep wiping a host's record, or an address's
+ * failure began after the message had waited for other reasons: a
+ * message that never gets through still times out.) */
+static bool timed_out(const struct q_retry_rec *rec,
+		      const struct q_retry_rule *rule, time_t arrival,
+		      time_t now)
+{
+	if (rec->expired)
+		return true;
+	time_t since = rec->first_failed;
+	if (arrival > 0 && (since <= 0 || arrival < since))
+		since = arrival;
+	return since > 0 && now - since > q_retry_final_cutoff(rule);
+}
+
+/* An IP failed: its record. *expired_r: the record is past its final
+ * cutoff; *msg_expired_r: the failure timed out for a message that
+ * arrived at `arrival` (timed_out). Either may be NULL. */
 static time_t host_failed(struct run *r, struct dest *d, size_t i,
-			  const struct q_smtp_err *e, bool *expired_r)
+			  const struct q_smtp_err *e, time_t arrival,
+			  bool *expired_r, bool *msg_expired_r)
 {
 	const struct q_conf *cf = r->conf;
 	const struct q_host *h = &d->hosts.h[i];
@@ -1102,10 +1130,11 @@ static time_t host_failed(struct run *r, struct dest *d, size_t i,
 	struct q_retry_rec nrec = {0};
 	time_t next;
 
+	const struct q_retry_rule *rule = rule_for(r, h->name, d->route_domain,
+						   e->kind, e->code);
 	if (q_retry_key_host(&key, h->name, h->ip, port,
 			     cf->retry_include_ip_address) == 0)
-		(void)q_retry_fail(r->hints, key.data,
-				   rule_for(r, h->name, d->route_domain, e->kind, e->code),
+		(void)q_retry_fail(r->hints, key.data, rule,
 				   cf->retry_interval_max, e->kind, e->code, e->err,
 				   e->text, r->now, &nrec, NULL);
 	q_log("%s [%s]:%u %s: %s", h->name, h->ip, port, e->kind, e->text);
@@ -1114,6 +1143,8 @@ static time_t host_failed(struct run *r, struct dest *d, size_t i,
 	next = nrec.next_try;
 	if (expired_r != NULL)
 		*expired_r = nrec.expired;
+	if (msg_expired_r != NULL)
+		*msg_expired_r = timed_out(&nrec, rule, arrival, r->now);
 	q_retry_rec_clear(&nrec);
 	q_buf_free(&key);
 	pthread_mutex_lock(&r->mu);
@@ -1124,16 +1155,19 @@ static time_t host_failed(struct run *r, struct dest *d, size_t i,
 }
 
 /* Connect to the first usable IP of d. Returns 0 with cs->c, or -1 with
- * *e, *next_r and *expired_r describing why no host could be used. */
+ * *e, *next_r and *expired_r describing why no host could be used:
+ * *expired_r when every IP considered is past its final cutoff (for
+ * every message of d), *msg_expired_r when every one has timed out for
+ * the message that arrived at `arrival` (timed_out). */
 static int dest_connect(struct worker *w, struct dest *d, struct conn_state *cs,
 			time_t arrival, struct q_smtp_err *e, time_t *next_r,
-			bool *expired_r)
+			bool *expired_r, bool *msg_expired_r)
 {
 	struct run *r = w->r;
 	const struct q_conf *cf = r->conf;
 	unsigned max_try = cf->hosts_max_try ? cf->hosts_max_try : 5;
 	unsigned tried = 0;
-	bool all_expired = true, any_considered = false;
+	bool all_expired = true, any_considered = false, all_msg_expired = true;
 	time_t next = 0;
 	struct q_buf key = {0};
 
@@ -1159,6 +1193,10 @@ static int dest_connect(struct worker *w, struct dest *d, struct conn_state *cs,
 			/* failed earlier in this run (here or in another worker) */
 			if (got != 0 || !rec.expired)
 				all_expired = false;
+			if (got != 0 || !timed_out(&rec, rule_for(r, h->name,
+					d->route_domain, rec.kind, rec.code),
+					arrival, r->now))
+				all_msg_expired = false;
 			if (got == 0 && rec.next_try > 0 &&
 			    (next == 0 || rec.next_try < next))
 				next = rec.next_try;
@@ -1180,8 +1218,10 @@ static int dest_connect(struct worker *w, struct dest *d, struct conn_state *cs,
 				use = Q_RETRY_USE;
 		}
 		if (use != Q_RETRY_USE) {
-			if (use == Q_RETRY_SKIP)
+			if (use == Q_RETRY_SKIP) {
 				all_expired = false;
+				all_msg_expired = false;
+			}
 			if (next == 0 || rec.next_try < next)
 				next = rec.next_try;
 			if (e->kind[0] == '\0') {
@@ -1207,6 +1247,7 @@ static int dest_connect(struct worker *w, struct dest *d, struct conn_state *cs,
 					 "%s: serialized, all %u connection slots in use",
 					 h->name, d->limit);
 				all_expired = false;
+				all_msg_expired = false;
 				continue;
 			}
 			snprintf(cs->slot_host, sizeof(cs->slot_host), "%s", h->name);
@@ -1244,8 +1285,10 @@ static int dest_connect(struct worker *w, struct dest *d, struct conn_state *cs,
 			     q_smtp_tls_info(cs->c) ? " TLS " : "",
 			     q_smtp_tls_info(cs->c) ? q_smtp_tls_info(cs->c) : "",
 			     q_smtp_tls_resumed(cs->c) ? " (resumed)" : "");
-			if (got == 0)
-				(void)q_retry_clear(r->hints, key.data, NULL);
+			/* its record (if any) goes only when a transaction
+			   ends cleanly (job_send): a host that answers and
+			   then fails every time must still time out */
+			cs->host_rec = got == 0;
 			cs->host = h;
 			cs->hidx = i;
 			sess_update(w, "idle", NULL, cs->c);
@@ -1253,10 +1296,12 @@ static int dest_connect(struct worker *w, struct dest *d, struct conn_state *cs,
 			return 0;
 		}
 		/* this IP failed: its own retry record */
-		bool hexp = false;
-		time_t hnext = host_failed(r, d, i, e, &hexp);
+		bool hexp = false, hmexp = false;
+		time_t hnext = host_failed(r, d, i, e, arrival, &hexp, &hmexp);
 		if (!hexp)
 			all_expired = false;
+		if (!hmexp)
+			all_msg_expired = false;
 		if (next == 0 || (hnext && hnext < next))
 			next = hnext;
 		if (cs->have_slot) {
@@ -1273,12 +1318,12 @@ static int dest_connect(struct worker *w, struct dest *d, struct conn_state *cs,
 	}
 	*next_r = next;
 	*expired_r = any_considered && all_expired;
+	*msg_expired_r = any_considered && (all_expired || all_msg_expired);
 	return -1;
 }
 
 enum send_result { SENT, REQUEUE, DROPPED };
 
-/* Send one job down an open connection and journal every result. */
 /* Is a refusal of RCPT the server's limit of recipients per transaction
  * (RFC 5321 4.5.3.1.10: such a server MUST answer 452, and the client
  * SHOULD treat a 552 for it as temporary)? An enhanced code decides
@@ -1338,6 +1383,7 @@ static void push_followup(struct run *r, struct dest *d, const struct job *j,
 	pthread_mutex_unlock(&r->mu);
 }
 
+/* Send one job down an open connection and journal every result. */
 static enum send_result job_send(struct worker *w, struct dest *d,
 				 struct conn_state *cs, struct job *j, bool rset)
 {
@@ -1400,8 +1446,24 @@ static enum send_result job_send(struct worker *w, struct dest *d,
 	 * error, 421) is the IP's: its retry record, and no more of it in
 	 * this run. */
 	time_t host_next = 0;
-	if (broken && !e.permanent && !idle_drop && strcmp(e.kind, "local") != 0)
-		host_next = host_failed(r, d, cs->hidx, &e, NULL);
+	bool host_fault = broken && !e.permanent && !idle_drop &&
+			  strcmp(e.kind, "local") != 0;
+	bool host_timed_out = false;
+	if (host_fault) {
+		host_next = host_failed(r, d, cs->hidx, &e, m->arrival, NULL,
+					&host_timed_out);
+	} else if (!broken && cs->host_rec) {
+		/* the server answered a whole transaction: the IP works, and
+		   its record from earlier failures goes */
+		const struct q_conf *cf = r->conf;
+		struct q_buf hkey = {0};
+		if (q_retry_key_host(&hkey, h->name, h->ip,
+				     h->port ? h->port : cf->port,
+				     cf->retry_include_ip_address) == 0)
+			(void)q_retry_clear(r->hints, hkey.data, NULL);
+		q_buf_free(&hkey);
+		cs->host_rec = false;
+	}
 
 	/* Nothing decided and the final dot never went out: the server
 	 * cannot have accepted it. Send it again on a new connection (to
@@ -1436,6 +1498,60 @@ static enum send_result job_send(struct worker *w, struct dest *d,
 	if (nover > 0 && (cs->rcpt_limit == 0 || took < cs->rcpt_limit))
 		cs->rcpt_limit = took;
 
+	/* Each recipient's fate, decided before the journal is written.
+	 * A deferral gets its retry record first: an address's own (a 4xx
+	 * to RCPT, DATA or the dot, or to MAIL) or, for a broken dialogue,
+	 * the IP's (above). Past the rule's final cutoff (timed_out) the
+	 * recipient fails, and its sender gets a bounce, rather than
+	 * staying on the queue for ever. */
+	enum { F_OVER, F_DONE, F_FAIL, F_DEFER, F_TIMEOUT } fate[n];
+	time_t fnext[n];
+	const char *fkind[n];
+	for (size_t k = 0; k < n; k++) {
+		int code = codes[k];
+		const char *text = texts[k] ? texts[k] : e.text;
+		fnext[k] = 0;
+		fkind[k] = e.kind;
+		if (over[k]) {
+			fate[k] = F_OVER;
+		} else if (code >= 200 && code < 300) {
+			fate[k] = F_DONE;
+		} else if (code >= 500 || (code == 0 && e.permanent)) {
+			fate[k] = F_FAIL;
+		} else if (code >= 400 ||
+			   (code == 0 && !host_fault &&
+			    strncmp(e.kind, "mail_", 5) == 0)) {
+			/* a 4xx to the final dot or to DATA is the message's
+			   (data_4xx); one to RCPT is the address's */
+			const char *kind = code >= 400 &&
+					   strncmp(e.kind, "data_", 5) != 0
+					   ? "rcpt_4xx" : e.kind;
+			int c = code ? code : e.code;
+			const struct q_retry_rule *rule =
+				rule_for(r, h->name, q_addr_domain(rcpts[k]),
+					 kind, c);
+			struct q_buf key = {0};
+			struct q_retry_rec nrec = {0};
+			bool to = false;
+			if (q_retry_key_addr(&key, rcpts[k], m->id) == 0 &&
+			    q_retry_fail(r->hints, key.data, rule,
+					 r->conf->retry_interval_max, kind, c, 0,
+					 text, r->now, &nrec, NULL) == 0) {
+				to = timed_out(&nrec, rule, m->arrival, r->now);
+				if (to)
+					(void)q_retry_clear(r->hints, key.data, NULL);
+			}
+			fate[k] = to ? F_TIMEOUT : F_DEFER;
+			fnext[k] = nrec.next_try;
+			fkind[k] = kind;
+			q_retry_rec_clear(&nrec);
+			q_buf_free(&key);
+		} else {
+			fate[k] = host_timed_out ? F_TIMEOUT : F_DEFER;
+			fnext[k] = host_next ? host_next : r->now + 15 * 60;
+		}
+	}
+
 	const char *tls = q_smtp_tls_info(cs->c);
 	pthread_mutex_lock(&m->mu);
 	/* First the journal, in one write for the whole transaction: what
@@ -1443,22 +1559,35 @@ static enum send_result job_send(struct worker *w, struct dest *d,
 	bool was_4xx[n];
 	for (size_t k = 0; k < n; k++) {
 		int code = codes[k];
-		if (over[k]) {
-			was_4xx[k] = false;
-			continue;
-		}
+		int c = code ? code : e.code;
 		const char *text = texts[k] ? texts[k] : e.text;
 		const struct q_rcpt *rc = &env->rcpt[map[k]];
 		was_4xx[k] = rc->last_code >= 400 && rc->last_code < 500;
-		if (code >= 200 && code < 300)
+		switch (fate[k]) {
+		case F_OVER:
+			break;
+		case F_DONE:
 			note_result_n(r, m, map[k], Q_RCPT_DELIVERED, code, h->name,
 				      text, true, Q_JOURNAL_HOLD);
-		else if (code >= 500 || (code == 0 && e.permanent))
-			note_result_n(r, m, map[k], Q_RCPT_FAILED, code ? code : e.code,
-				      h->name, text, true, Q_JOURNAL_HOLD);
-		else
-			note_result_n(r, m, map[k], Q_RCPT_PENDING, code ? code : e.code,
-				      h->name, text, true, Q_JOURNAL_HOLD);
+			break;
+		case F_FAIL:
+			note_result_n(r, m, map[k], Q_RCPT_FAILED, c, h->name, text,
+				      true, Q_JOURNAL_HOLD);
+			break;
+		case F_TIMEOUT: {
+			struct q_buf tb = {0};
+			(void)q_buf_printf(&tb, "%s (retry timeout exceeded)", text);
+			note_result_n(r, m, map[k], Q_RCPT_FAILED, c, h->name,
+				      tb.data ? tb.data : text, true,
+				      Q_JOURNAL_HOLD);
+			q_buf_free(&tb);
+			break;
+		}
+		case F_DEFER:
+			note_result_n(r, m, map[k], Q_RCPT_PENDING, c, h->name, text,
+				      true, Q_JOURNAL_HOLD);
+			break;
+		}
 	}
 	{
 		const char *jerr = NULL;
@@ -1472,12 +1601,12 @@ static enum send_result job_send(struct worker *w, struct dest *d,
 	q_log_hold();
 	for (size_t k = 0; k < n; k++) {
 		int code = codes[k];
+		int c = code ? code : e.code;
 		const char *text = texts[k] ? texts[k] : e.text;
-		if (over[k]) {
-			free(texts[k]);
-			continue;
-		}
-		if (code >= 200 && code < 300) {
+		switch (fate[k]) {
+		case F_OVER:
+			break;
+		case F_DONE:
 			if (was_4xx[k]) {
 				/* deferred before: its address retry record goes */
 				struct q_buf key = {0};
@@ -1488,35 +1617,20 @@ static enum send_result job_send(struct worker *w, struct dest *d,
 			mlog(r, m, "=> %s H=%s [%s]%s%s C=\"%d %s\"", rcpts[k],
 			     h->name, h->ip, tls ? " X=" : "", tls ? tls : "", code,
 			     text);
-		} else if (code >= 500 || (code == 0 && e.permanent)) {
-			int c = code ? code : e.code;
+			break;
+		case F_FAIL:
 			mlog(r, m, "** %s H=%s [%s]: %d %s", rcpts[k], h->name,
 			     h->ip, c, text);
-		} else {
-			int c = code ? code : e.code;
-			/* a 4xx to the final dot or to DATA is the message's
-			   (data_4xx); one to RCPT is the address's */
-			const char *kind = code >= 400 && strncmp(e.kind, "data_", 5) != 0
-					   ? "rcpt_4xx" : e.kind;
+			break;
+		case F_TIMEOUT:
+			mlog(r, m, "** %s H=%s [%s]: %d %s (retry timeout exceeded)",
+			     rcpts[k], h->name, h->ip, c, text);
+			break;
+		case F_DEFER:
 			mlog(r, m, "== %s H=%s [%s] defer (%s): %d %s", rcpts[k],
-			     h->name, h->ip, kind, c, text);
-			if (code >= 400) {
-				/* an address deferred by the host: its own key */
-				struct q_buf key = {0};
-				struct q_retry_rec nrec = {0};
-				if (q_retry_key_addr(&key, rcpts[k], m->id) == 0)
-					(void)q_retry_fail(r->hints, key.data,
-						rule_for(r, h->name, q_addr_domain(rcpts[k]),
-							 kind, code),
-						r->conf->retry_interval_max, kind,
-						code, 0, text, r->now, &nrec, NULL);
-				note_next_try(m, nrec.next_try);
-				q_retry_rec_clear(&nrec);
-				q_buf_free(&key);
-			} else {
-				note_next_try(m, host_next ? host_next
-					      : r->now + 15 * 60);
-			}
+			     h->name, h->ip, fkind[k], c, text);
+			note_next_try(m, fnext[k]);
+			break;
 		}
 		free(texts[k]);
 	}
@@ -1569,9 +1683,9 @@ static void serve(struct worker *w, struct dest *d)
 		if (cs.c == NULL) {
 			struct q_smtp_err e;
 			time_t next = 0;
-			bool expired = false;
+			bool expired = false, msg_expired = false;
 			if (dest_connect(w, d, &cs, j->m->arrival, &e, &next,
-					 &expired) < 0) {
+					 &expired, &msg_expired) < 0) {
 				if (strcmp(e.kind, "stopped") == 0 ||
 				    strcmp(e.kind, "serialized") == 0) {
 					/* not the host's fault: leave the job
@@ -1591,7 +1705,9 @@ static void serve(struct worker *w, struct dest *d)
 				d->down_next = next;
 				d->down_expired = expired;
 				pthread_mutex_unlock(&r->mu);
-				job_defer_all(r, d, j, &e, next, expired);
+				/* this message may have waited past the cutoff
+				   even where the records have not (timed_out) */
+				job_defer_all(r, d, j, &e, next, msg_expired);
 				continue;
 			}
 			sent = 0;

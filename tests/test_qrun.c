@@ -1941,6 +1941,176 @@ static void test_cutoff(void)
 	}
 }
 
+/* A number member of the retry record with this key, -1 when absent. */
+static long retry_num(const char *json, const char *key, const char *member)
+{
+	char pat[600];
+	const char *p, *end;
+
+	snprintf(pat, sizeof(pat), "\"key\":\"%s\"", key);
+	p = strstr(json, pat);
+	if (p == NULL)
+		return -1;
+	end = strchr(p, '}');
+	snprintf(pat, sizeof(pat), "\"%s\":", member);
+	const char *m = strstr(p, pat);
+	if (m == NULL || (end && m > end))
+		return -1;
+	return strtol(m + strlen(pat), NULL, 10);
+}
+
+/* Seed a retry record under key as a failure `ago` seconds ago. */
+static void seed_retry(const struct ctx *c, const char *key, const char *algos,
+		       const char *kind, int code, int ago)
+{
+	struct q_spool *sp = spool_open(c);
+	struct q_hints *h = NULL;
+	struct q_retry_rule rule = {0};
+	const char *err = NULL;
+
+	CU_ASSERT_FATAL(sp != NULL);
+	CU_ASSERT_FATAL(q_spool_hints(sp, &h, &err) == 0);
+	CU_ASSERT_FATAL(q_retry_parse_algos(algos, &rule, &err) == 0);
+	CU_ASSERT_FATAL(q_retry_fail(h, key, &rule, 0, kind, code, 0,
+				     "seeded failure", time(NULL) - ago, NULL,
+				     &err) == 0);
+	q_retry_rule_clear(&rule);
+	q_spool_close(&sp);
+}
+
+/* Deferrals time out: an address that a server keeps deferring (4xx to
+ * RCPT, or to MAIL), and a host that answers and then fails every time,
+ * bounce past the rule's final cutoff instead of staying queued for
+ * ever; a message older than the cutoff times out at its next failure
+ * even when the failure's record is new (Exim's rule). */
+static void test_timeout_4xx(void)
+{
+	enum { SEED_NONE, SEED_ADDR, SEED_HOST };
+	static const struct {
+		const char *name, *script, *rule;
+		int seed;               /* a record from 3 h ago */
+		int wait_ms;            /* between submit and run */
+		bool bounce;
+		const char *kind;       /* of the record left, when deferred */
+	} cases[] = {
+		{"rcpt 4xx, record past the cutoff",
+		 "rcpt 1: 452 4.2.2 mailbox full\n", "F,1s,2h", SEED_ADDR, 0,
+		 true, NULL},
+		{"rcpt 4xx, within the cutoff", "rcpt 1: 452 4.2.2 mailbox full\n",
+		 "F,2h,15m", SEED_NONE, 0, false, "rcpt_4xx"},
+		{"mail 4xx, message older than the cutoff",
+		 "mail: 451 4.7.1 try again later\n", "F,1s,1s", SEED_NONE, 2100,
+		 true, NULL},
+		{"mail 4xx, within the cutoff: an address record",
+		 "mail: 451 4.7.1 try again later\n", "F,2h,15m", SEED_NONE, 0,
+		 false, "mail_4xx"},
+		{"421 after connecting, host record past the cutoff",
+		 "mail: 421 4.3.2 shutting down; close\n", "F,1s,2h", SEED_HOST, 0,
+		 true, NULL},
+		{"dot 4xx, message older than the cutoff",
+		 "dot: 451 4.3.0 try later\n", "F,1s,1s", SEED_NONE, 2100, true,
+		 NULL},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct ctx c;
+		struct srv s;
+		struct t_out o;
+		char id[Q_ID_LEN + 1], bid[Q_ID_LEN + 1], akey[128], hkey[128];
+
+		CU_ASSERT_FATAL(ctx_init(&c) == 0);
+		CU_ASSERT_FATAL(srv_start(&s, &c, "srv", 0, cases[i].script,
+					  NULL) == 0);
+		ctx_hosts(&c, "127.0.0.1 mx.test\n");
+		ctx_conf(&c, "route * = mx.test:%u\nretry * * %s\n", s.port[0],
+			 cases[i].rule);
+		CU_ASSERT_FATAL(submit(&c, "a@sender.test", "x@d.test", NULL,
+				       id) == 0);
+		snprintf(akey, sizeof(akey), "x@d.test:%s", id);
+		snprintf(hkey, sizeof(hkey), "T:mx.test:127.0.0.1:%u", s.port[0]);
+		if (cases[i].seed == SEED_ADDR)
+			seed_retry(&c, akey, cases[i].rule, "rcpt_4xx", 452, 3 * 3600);
+		if (cases[i].seed == SEED_HOST)
+			seed_retry(&c, hkey, cases[i].rule, "lost_connection", 421,
+				   3 * 3600);
+		if (cases[i].wait_ms)
+			usleep((useconds_t)cases[i].wait_ms * 1000);
+		CU_ASSERT_EQUAL(QRUN(&c, &o, "-f", NULL), 0);
+		bool ok = jnum(o.out, "failed") == (cases[i].bounce ? 1 : 0) &&
+			  jnum(o.out, "bounces") == (cases[i].bounce ? 1 : 0) &&
+			  jnum(o.out, "deferred") == (cases[i].bounce ? 0 : 1);
+		CU_ASSERT(ok);
+		if (!ok)
+			fprintf(stderr, "timeout case '%s': %s\n", cases[i].name,
+				o.out);
+		t_out_free(&o);
+		CU_ASSERT_EQUAL(queue_count(&c), 1);
+		char *rj = retry_json(&c);
+		if (cases[i].bounce) {
+			/* gone, and its bounce says why */
+			CU_ASSERT_PTR_NULL(strstr(rj, akey));
+			other_id(&c, id, bid);
+			CU_ASSERT_FATAL(bid[0] != '\0');
+			char *body = show(&c, bid, "--body");
+			CU_ASSERT_PTR_NOT_NULL(strstr(body, "Final-Recipient: rfc822; x@d.test"));
+			CU_ASSERT_PTR_NOT_NULL(strstr(body, "retry timeout exceeded"));
+			free(body);
+		} else {
+			CU_ASSERT_STRING_EQUAL(retry_kind(rj, akey), cases[i].kind);
+		}
+		free(rj);
+		srv_stop(&s);
+	}
+}
+
+/* A host that accepts the connection and then fails keeps its record's
+ * first failure from run to run (so that it can time out), and a
+ * transaction that goes through clears it. */
+static void test_host_record_ages(void)
+{
+	struct ctx c;
+	struct srv s;
+	struct t_out o;
+	char hkey[128];
+
+	CU_ASSERT_FATAL(ctx_init(&c) == 0);
+	CU_ASSERT_FATAL(srv_start(&s, &c, "srv", 0,
+				  "conn 1-2\nmail: 421 4.3.2 shutting down; close\n",
+				  NULL) == 0);
+	ctx_hosts(&c, "127.0.0.1 mx.test\n");
+	ctx_conf(&c, "route * = mx.test:%u\n", s.port[0]);
+	CU_ASSERT_FATAL(submit(&c, "a@sender.test", "x@d.test", NULL, NULL) == 0);
+	snprintf(hkey, sizeof(hkey), "T:mx.test:127.0.0.1:%u", s.port[0]);
+
+	CU_ASSERT_EQUAL(QRUN(&c, &o, NULL), 0);
+	CU_ASSERT_EQUAL(jnum(o.out, "deferred"), 1);
+	t_out_free(&o);
+	char *rj = retry_json(&c);
+	long ff1 = retry_num(rj, hkey, "first_failed");
+	free(rj);
+	CU_ASSERT(ff1 > 0);
+
+	sleep(1);
+	/* -f: the IP is tried although not due; it connects, then fails */
+	CU_ASSERT_EQUAL(QRUN(&c, &o, "-f", NULL), 0);
+	CU_ASSERT_EQUAL(jnum(o.out, "deferred"), 1);
+	t_out_free(&o);
+	rj = retry_json(&c);
+	CU_ASSERT_EQUAL(retry_num(rj, hkey, "first_failed"), ff1);
+	CU_ASSERT(retry_num(rj, hkey, "last_try") > ff1);
+	free(rj);
+
+	/* the third connection takes the message: the record goes */
+	CU_ASSERT_EQUAL(QRUN(&c, &o, "-f", NULL), 0);
+	CU_ASSERT_EQUAL(jnum(o.out, "delivered"), 1);
+	t_out_free(&o);
+	rj = retry_json(&c);
+	CU_ASSERT_EQUAL(count_host_keys(rj), 0);
+	free(rj);
+	CU_ASSERT_EQUAL(queue_count(&c), 0);
+	srv_stop(&s);
+	CU_ASSERT_EQUAL(sstat(&s, "conns"), 3);
+}
+
 /* max_rcpt splits a message's recipients into several transactions */
 static void test_max_rcpt(void)
 {
@@ -2342,6 +2512,10 @@ void suite_qrun(void)
 	CU_add_test(s, "handoff refused (close after the dot, RSET refused): once each",
 		    test_handoff_refused);
 	CU_add_test(s, "past the retry cutoff: bounce, delay_after_cutoff", test_cutoff);
+	CU_add_test(s, "4xx to RCPT, MAIL, dot and 421 after connect time out: bounce",
+		    test_timeout_4xx);
+	CU_add_test(s, "a host record ages across runs; a transaction clears it",
+		    test_host_record_ages);
 	CU_add_test(s, "max_rcpt = 2: five recipients in three transactions", test_max_rcpt);
 	CU_add_test(s, "452/552 too many recipients: the rest at once, no retry record",
 		    test_rcpt_limit);
