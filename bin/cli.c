@@ -614,6 +614,7 @@ const char *cli_state_name(char state)
 	switch (state) {
 	case 'D': return "delivered";
 	case 'F': return "failed";
+	case 'X': return "failed";    /* its bounce not queued yet */
 	case 'P': return "pending";
 	default: return "unknown";
 	}

@@ -475,6 +475,19 @@ static bool has_domain(const char *domains, const char *want)
 	return false;
 }
 
+/* Does an index record's recipient list ("S addr" lines) hold a
+ * recipient whose bounce is owed? */
+static bool has_owed(const char *rcpts)
+{
+	for (const char *p = rcpts; p && *p;) {
+		if (p[0] == Q_RCPT_FAILED_OWED && p[1] == ' ')
+			return true;
+		p = strchr(p, '\n');
+		p = p ? p + 1 : NULL;
+	}
+	return false;
+}
+
 /* q_spool_list callback: copy out what is due (routing happens after the
  * walk, so no lookup runs while the index is being read). */
 static int collect(const struct q_index_rec *rec, void *ctx)
@@ -490,7 +503,8 @@ static int collect(const struct q_index_rec *rec, void *ctx)
 		return 0;
 	if (r->o->domain && !has_domain(rec->domains, r->o->domain))
 		return 0;
-	if (rec->npending == 0 || rec->rcpts == NULL)
+	if (rec->rcpts == NULL ||
+	    (rec->npending == 0 && !has_owed(rec->rcpts)))
 		return 0;
 	if (r->ncands == r->capcands) {
 		size_t cap = r->capcands ? r->capcands * 2 : 1024;
@@ -508,6 +522,9 @@ static int collect(const struct q_index_rec *rec, void *ctx)
 	r->ncands++;
 	return 0;
 }
+
+static void owe_bounce(struct mstate *m, size_t idx);
+static void msg_finish(struct run *r, struct mstate *m);
 
 /* Turn one due message into jobs: pending recipients grouped by
  * destination, split by max_rcpt. */
@@ -572,6 +589,24 @@ static int plan_msg(struct run *r, const struct cand *c)
 	}
 	for (size_t k = 0; k < nopen; k++)
 		dest_push(open_dest[k], open_jobs[k]);
+	if (m->jobs_left == 0 && has_owed(c->rcpts)) {
+		/* nothing left to deliver, but a bounce owed from an earlier
+		   run: queue it now, then the message can go */
+		const char *err = NULL;
+		pthread_mutex_lock(&m->mu);
+		if (q_msg_lock(r->spool, m->id, &m->msg, &err) == 0) {
+			stat_add(r, &r->st->messages, 1);
+			m->counted = true;
+			struct q_env *env = q_msg_env(m->msg);
+			for (size_t i = 0; i < env->nrcpt; i++)
+				if (env->rcpt[i].state == Q_RCPT_FAILED_OWED)
+					owe_bounce(m, i);
+			msg_finish(r, m);
+		} else {
+			m->msg = NULL;
+		}
+		pthread_mutex_unlock(&m->mu);
+	}
 	return 0;
 }
 
@@ -777,6 +812,26 @@ static void mlog(struct run *r, struct mstate *m, const char *fmt, ...)
 	vlog(r, "%s %s", m->id, tmp);
 }
 
+/* Does a failure of this message owe its sender a bounce? */
+static bool bounce_due(const struct q_env *env)
+{
+	return env->sender != NULL && env->sender[0] != '\0' &&
+	       !(env->flags & Q_ENV_BOUNCE);
+}
+
+/* Remember a recipient whose bounce is owed (m->mu held), once. */
+static void owe_bounce(struct mstate *m, size_t idx)
+{
+	for (size_t i = 0; i < m->nfailed; i++)
+		if (m->failed[i] == idx)
+			return;
+	size_t *v = realloc(m->failed, (m->nfailed + 1) * sizeof(*v));
+	if (v != NULL) {
+		m->failed = v;
+		m->failed[m->nfailed++] = idx;
+	}
+}
+
 /* Lock the job's message (once per message while jobs run). Returns 0,
  * or 1 when the message is busy elsewhere or gone (job dropped). */
 static int job_begin(struct run *r, struct job *j)
@@ -822,6 +877,11 @@ static int job_begin(struct run *r, struct job *j)
 		struct q_env *env = q_msg_env(m->msg);
 		if ((env->flags & Q_ENV_FROZEN) && r->o->thaw)
 			(void)q_msg_set_frozen(m->msg, false, NULL, NULL);
+		/* bounces owed since an earlier run (killed before it queued
+		   them, or unable to): this run queues them */
+		for (size_t i = 0; i < env->nrcpt; i++)
+			if (env->rcpt[i].state == Q_RCPT_FAILED_OWED)
+				owe_bounce(m, i);
 		if (!m->counted) {
 			m->counted = true;
 			stat_add(r, &r->st->messages, 1);
@@ -832,24 +892,24 @@ static int job_begin(struct run *r, struct job *j)
 	return 0;
 }
 
-/* Note a recipient's result (m->mu held). */
+/* Note a recipient's result (m->mu held). A failure that owes a bounce
+ * is journaled as X (bounce owed): F follows once the bounce is queued
+ * (msg_finish). */
 static void note_result_n(struct run *r, struct mstate *m, size_t idx, char state,
 			  int code, const char *host, const char *text, bool count,
 			  unsigned jflags)
 {
 	const char *err = NULL;
-	if (q_msg_journal(m->msg, idx, state, code, host, text,
-			  Q_JOURNAL_NOSYNC | jflags, &err) < 0) {
+	bool owed = state == Q_RCPT_FAILED && bounce_due(q_msg_env(m->msg));
+	if (q_msg_journal(m->msg, idx, owed ? Q_RCPT_FAILED_OWED : state, code,
+			  host, text, Q_JOURNAL_NOSYNC | jflags, &err) < 0) {
 		q_log("%s journal: %s", m->id, err);
 		set_fatal(r, err);
 		return;
 	}
 	if (state == Q_RCPT_FAILED) {
-		size_t *v = realloc(m->failed, (m->nfailed + 1) * sizeof(*v));
-		if (v != NULL) {
-			m->failed = v;
-			m->failed[m->nfailed++] = idx;
-		}
+		if (owed)
+			owe_bounce(m, idx);
 		if (count)
 			stat_add(r, &r->st->failed, 1);
 	} else if (state == Q_RCPT_DELIVERED) {
@@ -873,47 +933,69 @@ static void note_next_try(struct mstate *m, time_t t)
 		m->next_try = t;
 }
 
-/* A job is over: commit the message when it was its last job. */
-static void job_end(struct run *r, struct job *j)
+/* The message's last job of this run is over (m->mu held, m->msg
+ * locked): queue the bounce it owes, then commit (or remove) and unlock.
+ * A bounce that cannot be queued keeps the message (its recipients stay
+ * X), and a later run tries again. */
+static void msg_finish(struct run *r, struct mstate *m)
 {
-	struct mstate *m = j->m;
 	const char *err = NULL;
-	pthread_mutex_lock(&m->mu);
-	m->active--;
-	m->jobs_left--;
-	if (m->msg != NULL && m->jobs_left == 0) {
-		struct q_env *env = q_msg_env(m->msg);
-		if (m->nfailed > 0 && !(env->flags & Q_ENV_BOUNCE)) {
-			char bid[Q_ID_LEN + 1] = "";
-			if (q_dsn_queue(r->spool, env, m->failed, m->nfailed,
-					r->conf->primary_hostname, bid, &err) < 0)
-				q_log("%s bounce not queued: %s", m->id, err);
-			else if (bid[0]) {
+	struct q_env *env = q_msg_env(m->msg);
+	bool owing = false;
+	if (m->nfailed > 0 && bounce_due(env)) {
+		char bid[Q_ID_LEN + 1] = "";
+		if (q_dsn_queue(r->spool, env, m->failed, m->nfailed,
+				r->conf->primary_hostname, bid, &err) < 0) {
+			q_log("%s bounce not queued (a later run tries again): %s",
+			      m->id, err);
+			vlog(r, "%s bounce not queued: %s", m->id, err);
+			owing = true;
+			note_next_try(m, r->now + 15 * 60);
+		} else {
+			if (bid[0]) {
 				mlog(r, m, "<= bounce %s queued for %s", bid,
 				     env->sender);
 				stat_add(r, &r->st->bounces, 1);
 			}
+			/* queued (synced): the failures no longer owe it */
+			for (size_t i = 0; i < m->nfailed; i++)
+				(void)q_msg_journal(m->msg, m->failed[i],
+						    Q_RCPT_FAILED, 0, NULL, NULL,
+						    Q_JOURNAL_NOSYNC |
+						    Q_JOURNAL_HOLD, NULL);
+			m->nfailed = 0;
 		}
-		bool done = q_env_pending(env) == 0;
-		if (!done && m->mlog.len > 0) {
-			for (char *l = m->mlog.data, *nl; *l; l = nl + 1) {
-				nl = strchr(l, '\n');
-				*nl = '\0';
-				(void)q_msglog(r->spool, m->id, l, NULL);
-			}
-		}
-		q_buf_free(&m->mlog);
-		if (q_msg_commit(m->msg, done ? 0 : m->next_try, &err) < 0) {
-			q_log("%s commit: %s", m->id, err);
-			vlog(r, "%s commit: %s", m->id, err);
-		} else if (done) {
-			mlog(r, m, "Completed");
-			stat_add(r, &r->st->completed, 1);
-		}
-		q_msg_unlock(&m->msg);
-	} else if (m->msg != NULL && m->active == 0) {
-		q_msg_unlock(&m->msg);   /* the journal keeps what was done */
 	}
+	bool done = q_env_pending(env) == 0 && !owing;
+	if (!done && m->mlog.len > 0) {
+		for (char *l = m->mlog.data, *nl; *l; l = nl + 1) {
+			nl = strchr(l, '\n');
+			*nl = '\0';
+			(void)q_msglog(r->spool, m->id, l, NULL);
+		}
+	}
+	q_buf_free(&m->mlog);
+	if (q_msg_commit(m->msg, done ? 0 : m->next_try, &err) < 0) {
+		q_log("%s commit: %s", m->id, err);
+		vlog(r, "%s commit: %s", m->id, err);
+	} else if (done) {
+		mlog(r, m, "Completed");
+		stat_add(r, &r->st->completed, 1);
+	}
+	q_msg_unlock(&m->msg);
+}
+
+/* A job is over: finish the message when it was its last job. */
+static void job_end(struct run *r, struct job *j)
+{
+	struct mstate *m = j->m;
+	pthread_mutex_lock(&m->mu);
+	m->active--;
+	m->jobs_left--;
+	if (m->msg != NULL && m->jobs_left == 0)
+		msg_finish(r, m);
+	else if (m->msg != NULL && m->active == 0)
+		q_msg_unlock(&m->msg);   /* the journal keeps what was done */
 	pthread_mutex_unlock(&m->mu);
 	job_free(j);
 }

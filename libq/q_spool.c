@@ -14,6 +14,9 @@
  *     frozen TOKEN                   reason, or - (only "-" unless frozen)
  *     rcpts N                        N >= 1, then N lines:
  *     rcpt ADDR STATE TRIES LAST-TIME CODE HOST TEXT
+ *                                    STATE: P pending, D delivered, F
+ *                                    failed, X failed with its bounce
+ *                                    still owed (q/spool.h)
  *     end                            written last: its absence = truncated
  *
  * -J format: one line per recipient result; the lines of one call (or,
@@ -602,7 +605,7 @@ static int parse_rcpt_line(struct cur *c, struct q_rcpt *r, const char **error_r
 		return perr(c, c->line, error_r,
 			    "expected 'rcpt ADDR STATE TRIES TIME CODE HOST TEXT'");
 	if (t[2].n != 1 || (t[2].p[0] != 'P' && t[2].p[0] != 'D' &&
-			    t[2].p[0] != 'F'))
+			    t[2].p[0] != 'F' && t[2].p[0] != 'X'))
 		return perr(c, c->line, error_r, "bad recipient state");
 	if (parse_u64(&t[3], UINT_MAX, &tries) < 0)
 		return perr(c, c->line, error_r, "bad recipient tries");
@@ -763,6 +766,13 @@ static int env_encode(const struct q_env *env, struct q_buf *b)
 static int rcpt_apply(struct q_rcpt *r, char state, time_t t, int code,
 		      char *host, char *text)
 {
+	if (r->state == Q_RCPT_FAILED_OWED && state == Q_RCPT_FAILED) {
+		/* its bounce was queued: only the state changes */
+		r->state = state;
+		free(host);
+		free(text);
+		return 0;
+	}
 	if (r->state != Q_RCPT_PENDING) {
 		/* final stays final */
 		free(host);
@@ -801,7 +811,7 @@ static int journal_apply(const char *data, size_t len, const char *path,
 		if (parse_u64(&t[0], SIZE_MAX, &idx) < 0 || idx >= env->nrcpt)
 			return perr(&c, c.line, error_r, "bad recipient index");
 		if (t[1].n != 1 || (t[1].p[0] != 'P' && t[1].p[0] != 'D' &&
-				    t[1].p[0] != 'F'))
+				    t[1].p[0] != 'F' && t[1].p[0] != 'X'))
 			return perr(&c, c.line, error_r, "bad state");
 		if (parse_u64(&t[2], TIME_MAX_U, &tm) < 0)
 			return perr(&c, c.line, error_r, "bad time");
@@ -1734,11 +1744,13 @@ int q_msg_journal(struct q_msg *m, size_t idx, char state, int code,
 	if (idx >= m->env->nrcpt)
 		return q_err(error_r, "recipient index %zu out of range", idx);
 	if (state != Q_RCPT_PENDING && state != Q_RCPT_DELIVERED &&
-	    state != Q_RCPT_FAILED)
+	    state != Q_RCPT_FAILED && state != Q_RCPT_FAILED_OWED)
 		return q_err(error_r, "bad recipient state");
 	if (code < 0 || code > 999)
 		return q_err(error_r, "bad reply code %d", code);
-	if (m->env->rcpt[idx].state != Q_RCPT_PENDING)
+	if (m->env->rcpt[idx].state != Q_RCPT_PENDING &&
+	    !(m->env->rcpt[idx].state == Q_RCPT_FAILED_OWED &&
+	      state == Q_RCPT_FAILED))
 		return q_err(error_r, "recipient %zu of %s is not pending", idx,
 			     m->id);
 	if ((host != NULL && (h = strdup(host)) == NULL) ||
@@ -2195,7 +2207,13 @@ int q_msg_commit(struct q_msg *m, time_t next_try, const char **error_r)
 	if (m->jhold.len > 0 &&
 	    q_msg_journal_flush(m, Q_JOURNAL_NOSYNC, error_r) < 0)
 		return -1;
-	if (q_env_pending(m->env) == 0)
+	bool owed = false;
+	for (size_t i = 0; i < m->env->nrcpt; i++)
+		if (m->env->rcpt[i].state == Q_RCPT_FAILED_OWED)
+			owed = true;
+	/* a message that still owes a bounce stays (its X recipients say
+	   so), whatever the caller thinks */
+	if (q_env_pending(m->env) == 0 && !owed)
 		return msg_unlink_all(m, error_r);
 	if (env_rewrite(m, error_r) < 0)
 		return -1;

@@ -2111,6 +2111,108 @@ static void test_host_record_ages(void)
 	CU_ASSERT_EQUAL(sstat(&s, "conns"), 3);
 }
 
+/* A bounce owed by a run that died (or could not queue it) is queued by
+ * the next run: the failure is journaled X (bounce owed) first, F only
+ * once the bounce is queued, so a crash in between never loses it. The
+ * states a killed runner leaves are made here with libq. */
+static void test_bounce_owed(void)
+{
+	static const struct {
+		const char *name;
+		const char *rcpts;      /* the first one failed (X) */
+		bool commit;            /* the X merged into -H and the index */
+		long delivered;         /* by the run */
+	} cases[] = {
+		{"X in the journal, another recipient pending",
+		 "bad@d.test ok@d.test", false, 1},
+		{"X in the journal only, nothing else pending", "bad@d.test",
+		 false, 0},
+		{"X committed, nothing pending (bounce failed earlier)",
+		 "bad@d.test", true, 0},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct ctx c;
+		struct srv s;
+		struct t_out o;
+		char id[Q_ID_LEN + 1], bid[Q_ID_LEN + 1];
+		const char *err = NULL;
+
+		CU_ASSERT_FATAL(ctx_init(&c) == 0);
+		CU_ASSERT_FATAL(srv_start(&s, &c, "srv", 0, NULL, NULL) == 0);
+		ctx_hosts(&c, "127.0.0.1 mx.test\n");
+		ctx_conf(&c, "route * = mx.test:%u\n", s.port[0]);
+		CU_ASSERT_FATAL(submit(&c, "a@sender.test", cases[i].rcpts, NULL,
+				       id) == 0);
+		struct q_spool *sp = spool_open(&c);
+		struct q_msg *msg = NULL;
+		CU_ASSERT_FATAL(sp != NULL);
+		CU_ASSERT_FATAL(q_msg_lock(sp, id, &msg, &err) == 0);
+		CU_ASSERT_FATAL(q_msg_journal(msg, 0, Q_RCPT_FAILED_OWED, 550,
+					      "mx.test", "5.1.1 no such user", 0,
+					      &err) == 0);
+		if (cases[i].commit)
+			CU_ASSERT_FATAL(q_msg_commit(msg, 0, &err) == 0);
+		q_msg_unlock(&msg);
+		q_spool_close(&sp);
+		CU_ASSERT_EQUAL(queue_count(&c), 1);
+
+		CU_ASSERT_EQUAL(QRUN(&c, &o, NULL), 0);
+		bool ok = jnum(o.out, "bounces") == 1 &&
+			  jnum(o.out, "delivered") == cases[i].delivered &&
+			  jnum(o.out, "completed") == 1;
+		CU_ASSERT(ok);
+		if (!ok)
+			fprintf(stderr, "owed case '%s': %s\n", cases[i].name, o.out);
+		t_out_free(&o);
+		/* the message is gone, its bounce queued, naming bad@ only */
+		CU_ASSERT_EQUAL(queue_count(&c), 1);
+		other_id(&c, id, bid);
+		CU_ASSERT_FATAL(bid[0] != '\0');
+		char *body = show(&c, bid, "--body");
+		CU_ASSERT_PTR_NOT_NULL(strstr(body, "Final-Recipient: rfc822; bad@d.test"));
+		CU_ASSERT_PTR_NULL(strstr(body, "ok@d.test"));
+		free(body);
+		/* a second run makes no second bounce */
+		srv_stop(&s);
+		CU_ASSERT_EQUAL(QRUN(&c, &o, NULL), 0);
+		CU_ASSERT_EQUAL(jnum(o.out, "bounces"), 0);
+		t_out_free(&o);
+	}
+}
+
+/* A failure journaled while the message stays: X until the bounce is
+ * queued in the same run, then F in the -H the run commits. */
+static void test_bounce_marks_f(void)
+{
+	struct ctx c;
+	struct srv s;
+	struct t_out o;
+	char id[Q_ID_LEN + 1];
+	const char *err = NULL;
+
+	CU_ASSERT_FATAL(ctx_init(&c) == 0);
+	CU_ASSERT_FATAL(srv_start(&s, &c, "srv", 0,
+				  "rcpt 1: 550 5.1.1 no such user\n"
+				  "rcpt 2: 451 4.3.0 try later\n", NULL) == 0);
+	ctx_hosts(&c, "127.0.0.1 mx.test\n");
+	ctx_conf(&c, "route * = mx.test:%u\n", s.port[0]);
+	CU_ASSERT_FATAL(submit(&c, "a@sender.test", "bad@d.test later@d.test",
+			       NULL, id) == 0);
+	CU_ASSERT_EQUAL(QRUN(&c, &o, NULL), 0);
+	CU_ASSERT_EQUAL(jnum(o.out, "bounces"), 1);
+	CU_ASSERT_EQUAL(jnum(o.out, "deferred"), 1);
+	t_out_free(&o);
+	struct q_spool *sp = spool_open(&c);
+	struct q_env *env = NULL;
+	CU_ASSERT_FATAL(sp != NULL);
+	CU_ASSERT_FATAL(q_spool_read(sp, id, &env, &err) == 0);
+	CU_ASSERT_EQUAL(env->rcpt[0].state, Q_RCPT_FAILED);
+	CU_ASSERT_EQUAL(env->rcpt[1].state, Q_RCPT_PENDING);
+	q_env_free(&env);
+	q_spool_close(&sp);
+	srv_stop(&s);
+}
+
 /* max_rcpt splits a message's recipients into several transactions */
 static void test_max_rcpt(void)
 {
@@ -2516,6 +2618,10 @@ void suite_qrun(void)
 		    test_timeout_4xx);
 	CU_add_test(s, "a host record ages across runs; a transaction clears it",
 		    test_host_record_ages);
+	CU_add_test(s, "a bounce owed by a killed run is queued by the next",
+		    test_bounce_owed);
+	CU_add_test(s, "a failure is X until its bounce is queued, then F",
+		    test_bounce_marks_f);
 	CU_add_test(s, "max_rcpt = 2: five recipients in three transactions", test_max_rcpt);
 	CU_add_test(s, "452/552 too many recipients: the rest at once, no retry record",
 		    test_rcpt_limit);

@@ -355,7 +355,7 @@ static void test_journal_torn_line(void)
 				      "try later", 0, &err), 0);
 	/* errors: out of range, bad state, final recipient */
 	CU_ASSERT_EQUAL(q_msg_journal(m, 3, 'D', 250, NULL, NULL, 0, &err), -1);
-	CU_ASSERT_EQUAL(q_msg_journal(m, 1, 'X', 250, NULL, NULL, 0, &err), -1);
+	CU_ASSERT_EQUAL(q_msg_journal(m, 1, 'Z', 250, NULL, NULL, 0, &err), -1);
 	CU_ASSERT_EQUAL(q_msg_journal(m, 0, 'P', 451, NULL, NULL, 0, &err), -1);
 	CU_ASSERT_EQUAL(q_msg_journal(m, 1, 'P', 1000, NULL, NULL, 0, &err), -1);
 	/* the in-memory envelope follows */

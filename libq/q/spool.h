@@ -41,7 +41,13 @@ Q_API time_t q_id_time(const char *id);
 enum q_rcpt_state {
 	Q_RCPT_PENDING = 'P',
 	Q_RCPT_DELIVERED = 'D',
-	Q_RCPT_FAILED = 'F',     /* permanent failure (a bounce was made) */
+	Q_RCPT_FAILED = 'F',     /* permanent failure; its bounce was queued,
+				    or none is due (null sender, a bounce) */
+	Q_RCPT_FAILED_OWED = 'X', /* permanent failure whose bounce is not
+				    queued yet: a runner queues it (and then
+				    journals F) before the message may go,
+				    so a crash between the two never loses
+				    the bounce (it may repeat it) */
 };
 
 struct q_rcpt {
@@ -161,8 +167,11 @@ Q_API int q_msg_data_fd(struct q_msg *msg);
 
 /* Journal one recipient's result: appends a line to -J and, unless
  * Q_JOURNAL_NOSYNC, fdatasyncs it before returning. Updates the
- * in-memory envelope: state 'D' or 'F' is final; 'P' records a
- * temporary failure (tries, code, host, text). */
+ * in-memory envelope: state 'D', 'F' or 'X' is final; 'P' records a
+ * temporary failure (tries, code, host, text). The one change of a
+ * final state: 'X' (bounce owed) to 'F' once the bounce is queued (code,
+ * host and text are then ignored); anything else on a recipient that is
+ * not pending is an error. */
 #define Q_JOURNAL_NOSYNC 0x01
 /* Q_JOURNAL_HOLD: apply the result to the envelope now but keep the line
  * in memory until q_msg_journal_flush (or the next entry without HOLD,
@@ -180,8 +189,8 @@ Q_API int q_msg_journal_sync(struct q_msg *msg, const char **error_r);
 
 /* Merge the journal into -H (write tmp, fsync, rename), empty -J, and
  * update the index entry (next_try is stored there; 0 = due now).
- * When no recipient is pending the message is removed from the spool
- * instead: -H, then -D, then -J, then msglog/<id> and the index entry
+ * When no recipient is pending and none owes a bounce (X) the message
+ * is removed from the spool instead: -H, then -D, then -J, then msglog/<id> and the index entry
  * (no directory fsync per message: a runner makes its removals durable
  * with one q_spool_sync); the msg then only accepts q_msg_unlock.
  * Otherwise -J is left empty (not removed) for the next attempt.

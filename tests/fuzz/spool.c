@@ -25,7 +25,7 @@
  *  3. writes the files again and locks the message (q_msg_lock): it
  *     succeeds exactly when the unlocked read did, with an equal
  *     envelope (journal applied the same way with and without the lock);
- *  4. checks the envelope (recipients >= 1, states P/D/F, codes <= 999,
+ *  4. checks the envelope (recipients >= 1, states P/D/F/X, codes <= 999,
  *     strings present where the format requires them, flags known, a
  *     frozen reason only when frozen);
  *  5. rewrites -H through q_msg_set_frozen with the flags it has (the
@@ -160,7 +160,8 @@ void fz_env_check(const struct q_env *e, const char *id)
 
 		FZ_CHECK(r->addr != NULL, "recipient %zu has no address", i);
 		FZ_CHECK(r->state == Q_RCPT_PENDING || r->state == Q_RCPT_DELIVERED ||
-			 r->state == Q_RCPT_FAILED, "recipient %zu state %d", i,
+			 r->state == Q_RCPT_FAILED || r->state == Q_RCPT_FAILED_OWED,
+			 "recipient %zu state %d", i,
 			 r->state);
 		FZ_CHECK(r->last_code >= 0 && r->last_code <= 999,
 			 "recipient %zu code %d", i, r->last_code);
