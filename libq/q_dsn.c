@@ -15,6 +15,7 @@
 #include "q/addr.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,16 +41,46 @@ static void rfc5322_date(time_t t, char *buf, size_t size)
 	strftime(buf, size, "%a, %d %b %Y %H:%M:%S %z", &tm);
 }
 
-/* "5.1.1" at the start of a server text, else the default. */
+static bool blank(char c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+/* Length of the enhanced status code of class cls at s, 0 when s does
+ * not start with one. RFC 3463 2: class "." subject "." detail, subject
+ * and detail 1*3 digits; the code ends at a blank or the end of s. */
+static size_t enhanced_len(const char *s, char cls)
+{
+	size_t i = 2;
+
+	if (s[0] != cls || s[1] != '.')
+		return 0;
+	for (int part = 0; part < 2; part++) {
+		size_t start = i;
+		while (s[i] >= '0' && s[i] <= '9' && i - start < 4)
+			i++;
+		if (i == start || i - start > 3)
+			return 0;
+		if (part == 0) {
+			if (s[i] != '.')
+				return 0;
+			i++;
+		}
+	}
+	return s[i] == '\0' || blank(s[i]) ? i : 0;
+}
+
+/* The Status of a failed recipient (always class 5: Action is failed):
+ * the server's enhanced code when its reply starts with a valid one of
+ * class 5, else a default. */
 static void status_of(const struct q_rcpt *rc, char *out, size_t size)
 {
 	const char *t = rc->last_error ? rc->last_error : "";
-	if ((t[0] == '5') && t[1] == '.' && t[2] >= '0' && t[2] <= '9') {
-		size_t i = 0;
-		while (i + 1 < size && t[i] && t[i] != ' ' &&
-		       ((t[i] >= '0' && t[i] <= '9') || t[i] == '.'))
-			out[i] = t[i], i++;
-		out[i] = '\0';
+	size_t len = rc->last_code >= 500 ? enhanced_len(t, '5') : 0;
+
+	if (len > 0 && len < size) {
+		memcpy(out, t, len);
+		out[len] = '\0';
 		return;
 	}
 	snprintf(out, size, "%s", rc->last_code >= 500 ? "5.0.0" : "5.4.7");

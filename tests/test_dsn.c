@@ -1,0 +1,181 @@
+/*
+ * tests/test_dsn.c - bounce messages (q_dsn_queue): the per-recipient
+ * fields a mail administrator reads (Status, Diagnostic-Code, Remote-MTA,
+ * Action), a table of recipient results as the runner stores them, the
+ * Message-ID of two bounces of one message, and line lengths.
+ *
+ * Each case builds a message on a fresh spool, sets its recipients'
+ * results in memory (as the journal would), calls q_dsn_queue and reads
+ * the bounce's -D file (canonical: CRLF lines, dot-stuffed).
+ */
+#include "config.h"
+#include "q/runner.h"
+#include "q/spool.h"
+#include "q/addr.h"
+#include "tests/tlib.h"
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <CUnit/CUnit.h>
+
+static struct q_spool *new_spool(void)
+{
+	char path[PATH_MAX];
+	struct q_spool *s = NULL;
+	const char *err = NULL;
+	char *t = t_tmpdir();
+
+	if (t == NULL)
+		return NULL;
+	snprintf(path, sizeof(path), "%s/spool", t);
+	if (q_spool_open(path, Q_SPOOL_CREATE, &s, &err) < 0) {
+		fprintf(stderr, "\nq_spool_open %s: %s\n", path, err);
+		return NULL;
+	}
+	return s;
+}
+
+/* A message from sender to rcpt on s; its envelope in *env (addresses
+ * and id), results unset. 0 or -1. */
+static int mk_msg(struct q_spool *s, const char *sender, const char *rcpt,
+		  struct q_env *env, struct q_rcpt *rc)
+{
+	static const char data[] = "From: a@sender.test\r\nSubject: hi\r\n"
+				   "Message-ID: <orig@sender.test>\r\n\r\nbody\r\n";
+	const char *rcpts[1] = {rcpt};
+	struct q_newmsg m = {sender, rcpts, 1, data, sizeof(data) - 1, 0};
+	const char *err = NULL;
+
+	memset(env, 0, sizeof(*env));
+	memset(rc, 0, sizeof(*rc));
+	if (q_spool_create(s, &m, Q_CREATE_NOSYNC, env->id, &err) < 0) {
+		fprintf(stderr, "\nq_spool_create: %s\n", err);
+		return -1;
+	}
+	env->sender = (char *)sender;
+	env->arrival = 1700000000;
+	env->nrcpt = 1;
+	env->rcpt = rc;
+	rc->addr = (char *)rcpt;
+	rc->state = Q_RCPT_FAILED;
+	return 0;
+}
+
+/* The bounce of env's recipients [0, n): its -D file (malloc'd), NULL
+ * when none was queued. */
+static char *bounce(struct q_spool *s, const struct q_env *env, size_t n)
+{
+	size_t failed[8];
+	char bid[Q_ID_LEN + 1], path[PATH_MAX];
+	const char *err = NULL;
+
+	for (size_t i = 0; i < n && i < 8; i++)
+		failed[i] = i;
+	if (q_dsn_queue(s, env, failed, n, "mx.qkit.test", bid, &err) < 0) {
+		fprintf(stderr, "\nq_dsn_queue: %s\n", err);
+		return NULL;
+	}
+	if (bid[0] == '\0')
+		return NULL;
+	q_spool_path(s, bid, 'D', path, sizeof(path));
+	return t_read_file(path, NULL);
+}
+
+/* The first line of text starting with field ("Status: "), without its
+ * CRLF, in buf; "" when there is none. */
+static const char *line_of(const char *text, const char *field, char *buf,
+			   size_t size)
+{
+	size_t fl = strlen(field);
+	buf[0] = '\0';
+	for (const char *l = text; l && *l;) {
+		const char *e = strstr(l, "\r\n");
+		size_t len = e ? (size_t)(e - l) : strlen(l);
+		if (len >= fl && strncmp(l, field, fl) == 0) {
+			snprintf(buf, size, "%.*s", (int)len, l);
+			return buf;
+		}
+		l = e ? e + 2 : NULL;
+	}
+	return buf;
+}
+
+/* ---- one failed recipient: Status, Diagnostic-Code, Remote-MTA ---- */
+
+struct rcase {
+	const char *what;
+	int code;                /* last_code */
+	const char *host;        /* NULL: none */
+	const char *text;        /* last_error */
+	const char *status;      /* the whole Status line */
+	const char *diag;        /* the whole Diagnostic-Code line */
+};
+
+static const struct rcase rcases[] = {
+	/* a reply to RCPT (stored without its code) */
+	{"RCPT 550 5.1.1", 550, "mx.d.test", "5.1.1 <x@d.test> no such user",
+	 "Status: 5.1.1", "Diagnostic-Code: smtp; 550 5.1.1 <x@d.test> no such user"},
+	{"RCPT 550, no enhanced code", 550, "mx.d.test", "no such user",
+	 "Status: 5.0.0", "Diagnostic-Code: smtp; 550 no such user"},
+	/* RFC 3463: class.subject.detail, 1-3 digits each */
+	{"enhanced code with two parts", 553, "mx.d.test", "5.1 short",
+	 "Status: 5.0.0", "Diagnostic-Code: smtp; 553 5.1 short"},
+	{"enhanced detail of 5 digits", 554, "mx.d.test", "5.7.12345 policy",
+	 "Status: 5.0.0", "Diagnostic-Code: smtp; 554 5.7.12345 policy"},
+	{"enhanced subject of 4 digits", 554, "mx.d.test", "5.1000.1 policy",
+	 "Status: 5.0.0", "Diagnostic-Code: smtp; 554 5.1000.1 policy"},
+	{"enhanced code of 3-digit parts", 554, "mx.d.test", "5.123.456 x",
+	 "Status: 5.123.456", "Diagnostic-Code: smtp; 554 5.123.456 x"},
+	{"enhanced code glued to text", 550, "mx.d.test", "5.1.1x no",
+	 "Status: 5.0.0", "Diagnostic-Code: smtp; 550 5.1.1x no"},
+	{"enhanced code of another class", 550, "mx.d.test", "4.2.1 full",
+	 "Status: 5.0.0", "Diagnostic-Code: smtp; 550 4.2.1 full"},
+	{"enhanced code alone", 550, "mx.d.test", "5.7.1",
+	 "Status: 5.7.1", "Diagnostic-Code: smtp; 550 5.7.1"},
+};
+
+static void test_rcpt_table(void)
+{
+	struct q_spool *s = new_spool();
+	CU_ASSERT_FATAL(s != NULL);
+	for (size_t i = 0; i < sizeof(rcases) / sizeof(rcases[0]); i++) {
+		const struct rcase *c = &rcases[i];
+		struct q_env env;
+		struct q_rcpt rc;
+		char buf[1200], buf2[1200];
+
+		CU_ASSERT_FATAL(mk_msg(s, "a@sender.test", "x@d.test", &env, &rc) == 0);
+		rc.last_code = c->code;
+		rc.host = (char *)c->host;
+		rc.last_error = (char *)c->text;
+		rc.last_time = 1700000100;
+		char *b = bounce(s, &env, 1);
+		CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+		bool ok = true;
+#define CHECK(cond) do { CU_ASSERT(cond); ok = ok && (cond); } while (0)
+		CHECK(strcmp(line_of(b, "Status: ", buf, sizeof(buf)), c->status) == 0);
+		CHECK(strcmp(line_of(b, "Diagnostic-Code: ", buf, sizeof(buf)), c->diag) == 0);
+		CHECK(strcmp(line_of(b, "Action: ", buf, sizeof(buf)), "Action: failed") == 0);
+		CHECK(strcmp(line_of(b, "Final-Recipient: ", buf, sizeof(buf)),
+			     "Final-Recipient: rfc822; x@d.test") == 0);
+		if (!ok)
+			fprintf(stderr, "\ncase %zu (%s): %s / %s\n", i, c->what,
+				line_of(b, "Status: ", buf, sizeof(buf)),
+				line_of(b, "Diagnostic-Code: ", buf2, sizeof(buf2)));
+#undef CHECK
+		free(b);
+	}
+	q_spool_close(&s);
+}
+
+void suite_dsn(void)
+{
+	CU_pSuite s = CU_add_suite("dsn", NULL, NULL);
+
+	CU_add_test(s, "Status and Diagnostic-Code of one recipient (table)",
+		    test_rcpt_table);
+}
