@@ -70,18 +70,51 @@ static size_t enhanced_len(const char *s, char cls)
 	return s[i] == '\0' || blank(s[i]) ? i : 0;
 }
 
-/* The Status of a failed recipient (always class 5: Action is failed):
- * the server's enhanced code when its reply starts with a valid one of
- * class 5, else a default. */
-static void status_of(const struct q_rcpt *rc, char *out, size_t size)
+/* The server's reply in a recipient's result. rc->last_error is either
+ * the reply's text (codes stripped: how replies to RCPT, DATA and the
+ * final dot are stored) or "<stage>: <code> <text>" (the SMTP client's
+ * form for a reply that ended the dialogue: "MAIL FROM refused: 550 5.7.1
+ * sender rejected"), a stage of letters and spaces followed by the
+ * recipient's own code. Returns the reply's text; *stage_len_r is the
+ * length of the stage (0 when there is none). */
+static const char *reply_of(const struct q_rcpt *rc, size_t *stage_len_r)
 {
 	const char *t = rc->last_error ? rc->last_error : "";
-	size_t len = rc->last_code >= 500 ? enhanced_len(t, '5') : 0;
+	char code[8];
+	size_t i = 0;
 
-	if (len > 0 && len < size) {
-		memcpy(out, t, len);
-		out[len] = '\0';
-		return;
+	*stage_len_r = 0;
+	if (rc->last_code < 100 || rc->last_code > 999)
+		return t;
+	snprintf(code, sizeof(code), "%d", rc->last_code);
+	while (i < 64 && ((t[i] >= 'A' && t[i] <= 'Z') ||
+			  (t[i] >= 'a' && t[i] <= 'z') || t[i] == ' '))
+		i++;
+	if (i == 0 || t[i] != ':' || t[i + 1] != ' ' ||
+	    strncmp(t + i + 2, code, 3) != 0 ||
+	    (t[i + 5] != '\0' && t[i + 5] != ' '))
+		return t;
+	*stage_len_r = i;
+	return t + i + 5 + (t[i + 5] == ' ');
+}
+
+/* The Status of a failed recipient (always class 5: Action is failed):
+ * for a 5xx reply the first word of its text that is an enhanced code of
+ * class 5, else a default. */
+static void status_of(const struct q_rcpt *rc, const char *reply, char *out,
+		      size_t size)
+{
+	if (rc->last_code >= 500 && rc->last_code <= 599) {
+		for (const char *w = reply; *w; w++) {
+			if (w != reply && !blank(w[-1]))
+				continue;
+			size_t len = enhanced_len(w, '5');
+			if (len > 0 && len < size) {
+				memcpy(out, w, len);
+				out[len] = '\0';
+				return;
+			}
+		}
 	}
 	snprintf(out, size, "%s", rc->last_code >= 500 ? "5.0.0" : "5.4.7");
 }
@@ -162,7 +195,11 @@ int q_dsn_queue(struct q_spool *spool, const struct q_env *env,
 			add_clean(&b, rc->host, 255);
 			q_buf_adds(&b, ": ");
 		}
-		if (rc->last_code)
+		/* the stored text as it is: with its stage ("MAIL FROM
+		   refused: 550 ...") when it has one, else after the code */
+		size_t stage;
+		(void)reply_of(rc, &stage);
+		if (rc->last_code && stage == 0)
 			q_buf_printf(&b, "%d ", rc->last_code);
 		add_clean(&b, rc->last_error ? rc->last_error : "failed", DSN_MAX_DIAG);
 		q_buf_adds(&b, "\n\n");
@@ -175,7 +212,9 @@ int q_dsn_queue(struct q_spool *spool, const struct q_env *env,
 			continue;
 		const struct q_rcpt *rc = &env->rcpt[failed[i]];
 		char status[16];
-		status_of(rc, status, sizeof(status));
+		size_t stage;
+		const char *reply = reply_of(rc, &stage);
+		status_of(rc, reply, status, sizeof(status));
 		q_buf_printf(&b, "\nFinal-Recipient: rfc822; %s\nAction: failed\nStatus: %s\n",
 			     rc->addr, status);
 		if (rc->host) {
@@ -184,9 +223,10 @@ int q_dsn_queue(struct q_spool *spool, const struct q_env *env,
 			q_buf_adds(&b, "\n");
 		}
 		q_buf_adds(&b, rc->last_code ? "Diagnostic-Code: smtp; " : "Diagnostic-Code: X-qkit; ");
+		/* RFC 3464 2.3.6: the reply as the server sent it, once */
 		if (rc->last_code)
 			q_buf_printf(&b, "%d ", rc->last_code);
-		add_clean(&b, rc->last_error ? rc->last_error : "failed", DSN_MAX_DIAG);
+		add_clean(&b, rc->last_error ? reply : "failed", DSN_MAX_DIAG);
 		q_buf_adds(&b, "\n");
 		if (rc->last_time) {
 			char ld[64];

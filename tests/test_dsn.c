@@ -113,29 +113,72 @@ struct rcase {
 	const char *text;        /* last_error */
 	const char *status;      /* the whole Status line */
 	const char *diag;        /* the whole Diagnostic-Code line */
+	const char *human;       /* its line in the text part, trimmed */
 };
 
 static const struct rcase rcases[] = {
 	/* a reply to RCPT (stored without its code) */
 	{"RCPT 550 5.1.1", 550, "mx.d.test", "5.1.1 <x@d.test> no such user",
-	 "Status: 5.1.1", "Diagnostic-Code: smtp; 550 5.1.1 <x@d.test> no such user"},
+	 "Status: 5.1.1", "Diagnostic-Code: smtp; 550 5.1.1 <x@d.test> no such user",
+	 "host mx.d.test: 550 5.1.1 <x@d.test> no such user"},
 	{"RCPT 550, no enhanced code", 550, "mx.d.test", "no such user",
-	 "Status: 5.0.0", "Diagnostic-Code: smtp; 550 no such user"},
+	 "Status: 5.0.0", "Diagnostic-Code: smtp; 550 no such user",
+	 "host mx.d.test: 550 no such user"},
 	/* RFC 3463: class.subject.detail, 1-3 digits each */
 	{"enhanced code with two parts", 553, "mx.d.test", "5.1 short",
-	 "Status: 5.0.0", "Diagnostic-Code: smtp; 553 5.1 short"},
+	 "Status: 5.0.0", "Diagnostic-Code: smtp; 553 5.1 short",
+	 "host mx.d.test: 553 5.1 short"},
 	{"enhanced detail of 5 digits", 554, "mx.d.test", "5.7.12345 policy",
-	 "Status: 5.0.0", "Diagnostic-Code: smtp; 554 5.7.12345 policy"},
+	 "Status: 5.0.0", "Diagnostic-Code: smtp; 554 5.7.12345 policy",
+	 "host mx.d.test: 554 5.7.12345 policy"},
 	{"enhanced subject of 4 digits", 554, "mx.d.test", "5.1000.1 policy",
-	 "Status: 5.0.0", "Diagnostic-Code: smtp; 554 5.1000.1 policy"},
+	 "Status: 5.0.0", "Diagnostic-Code: smtp; 554 5.1000.1 policy",
+	 "host mx.d.test: 554 5.1000.1 policy"},
 	{"enhanced code of 3-digit parts", 554, "mx.d.test", "5.123.456 x",
-	 "Status: 5.123.456", "Diagnostic-Code: smtp; 554 5.123.456 x"},
+	 "Status: 5.123.456", "Diagnostic-Code: smtp; 554 5.123.456 x",
+	 "host mx.d.test: 554 5.123.456 x"},
 	{"enhanced code glued to text", 550, "mx.d.test", "5.1.1x no",
-	 "Status: 5.0.0", "Diagnostic-Code: smtp; 550 5.1.1x no"},
+	 "Status: 5.0.0", "Diagnostic-Code: smtp; 550 5.1.1x no",
+	 "host mx.d.test: 550 5.1.1x no"},
 	{"enhanced code of another class", 550, "mx.d.test", "4.2.1 full",
-	 "Status: 5.0.0", "Diagnostic-Code: smtp; 550 4.2.1 full"},
+	 "Status: 5.0.0", "Diagnostic-Code: smtp; 550 4.2.1 full",
+	 "host mx.d.test: 550 4.2.1 full"},
 	{"enhanced code alone", 550, "mx.d.test", "5.7.1",
-	 "Status: 5.7.1", "Diagnostic-Code: smtp; 550 5.7.1"},
+	 "Status: 5.7.1", "Diagnostic-Code: smtp; 550 5.7.1",
+	 "host mx.d.test: 550 5.7.1"},
+	/* a reply that ended the dialogue: the stage before it */
+	{"MAIL refused", 550, "mx.d.test",
+	 "MAIL FROM refused: 550 5.7.1 sender rejected",
+	 "Status: 5.7.1", "Diagnostic-Code: smtp; 550 5.7.1 sender rejected",
+	 "host mx.d.test: MAIL FROM refused: 550 5.7.1 sender rejected"},
+	{"MAIL refused, no enhanced code", 553, "mx.d.test",
+	 "MAIL FROM refused: 553 sender rejected",
+	 "Status: 5.0.0", "Diagnostic-Code: smtp; 553 sender rejected",
+	 "host mx.d.test: MAIL FROM refused: 553 sender rejected"},
+	{"banner 554 (past the cutoff)", 554, "mx.d.test",
+	 "connection refused by banner: 554 5.7.1 go away",
+	 "Status: 5.7.1", "Diagnostic-Code: smtp; 554 5.7.1 go away",
+	 "host mx.d.test: connection refused by banner: 554 5.7.1 go away"},
+	{"banner 421 (past the cutoff)", 421, "mx.d.test",
+	 "connection refused by banner: 421 4.3.2 busy",
+	 "Status: 5.4.7", "Diagnostic-Code: smtp; 421 4.3.2 busy",
+	 "host mx.d.test: connection refused by banner: 421 4.3.2 busy"},
+	{"stage with another code: not a stage", 550, "mx.d.test",
+	 "User unknown: 551 5.1.6 moved",
+	 "Status: 5.1.6", "Diagnostic-Code: smtp; 550 User unknown: 551 5.1.6 moved",
+	 "host mx.d.test: 550 User unknown: 551 5.1.6 moved"},
+	/* the enhanced code later in the text, and of the reply's class */
+	{"enhanced code after words", 550, "mx.d.test",
+	 "Requested action not taken: 5.1.1 mailbox unavailable",
+	 "Status: 5.1.1",
+	 "Diagnostic-Code: smtp; 550 Requested action not taken: 5.1.1 mailbox unavailable",
+	 "host mx.d.test: 550 Requested action not taken: 5.1.1 mailbox unavailable"},
+	{"first code of class 5", 552, "mx.d.test", "4.2.2 then 5.2.2 full",
+	 "Status: 5.2.2", "Diagnostic-Code: smtp; 552 4.2.2 then 5.2.2 full",
+	 "host mx.d.test: 552 4.2.2 then 5.2.2 full"},
+	{"multi-line reply", 550, "mx.d.test", "5.1.1 no such user\n5.1.1 see the FAQ",
+	 "Status: 5.1.1", "Diagnostic-Code: smtp; 550 5.1.1 no such user 5.1.1 see the FAQ",
+	 "host mx.d.test: 550 5.1.1 no such user 5.1.1 see the FAQ"},
 };
 
 static void test_rcpt_table(void)
@@ -160,6 +203,8 @@ static void test_rcpt_table(void)
 		CHECK(strcmp(line_of(b, "Status: ", buf, sizeof(buf)), c->status) == 0);
 		CHECK(strcmp(line_of(b, "Diagnostic-Code: ", buf, sizeof(buf)), c->diag) == 0);
 		CHECK(strcmp(line_of(b, "Action: ", buf, sizeof(buf)), "Action: failed") == 0);
+		snprintf(buf2, sizeof(buf2), "    %s", c->human);
+		CHECK(strcmp(line_of(b, "    host ", buf, sizeof(buf)), buf2) == 0);
 		CHECK(strcmp(line_of(b, "Final-Recipient: ", buf, sizeof(buf)),
 			     "Final-Recipient: rfc822; x@d.test") == 0);
 		if (!ok)
