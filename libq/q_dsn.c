@@ -98,9 +98,34 @@ static const char *reply_of(const struct q_rcpt *rc, size_t *stage_len_r)
 	return t + i + 5 + (t[i + 5] == ' ');
 }
 
+/* Failures without a reply (code 0), by the texts the router and the
+ * SMTP client store (q_route.c, q_smtp.c; the runner prefixes the domain).
+ * The first match wins. A code-0 or 4xx failure that none matches is one
+ * the runner failed because its retry time ran out. */
+static const struct {
+	const char *text;
+	const char *status;
+} no_reply[] = {
+	{"(null MX, RFC 7505)", "5.1.10"},          /* RFC 7505 3 */
+	{": domain does not exist", "5.1.2"},       /* .invalid */
+	{": MX lookup: NXDOMAIN", "5.1.2"},
+	{": domain has no MX or address records", "5.1.2"},
+	{": not a valid domain name", "5.1.2"},
+	{": bad address literal", "5.1.2"},
+	{": MX records point to IP addresses", "5.4.4"},
+	{": host not found", "5.4.4"},              /* an MX host's name */
+	{": no hosts", "5.4.4"},
+	{": routing failed", "5.4.4"},
+	{"no fallback_hosts configured", "5.4.4"},
+	{"recipient address with control characters", "5.1.3"},
+	{"sender address with control characters", "5.1.7"},
+	{"nothing to send", "5.0.0"},
+};
+
 /* The Status of a failed recipient (always class 5: Action is failed):
  * for a 5xx reply the first word of its text that is an enhanced code of
- * class 5, else a default. */
+ * class 5, else 5.0.0; without a reply what no_reply[] says; else (a 4xx,
+ * or no reply, until the retry timeout) 5.4.7. */
 static void status_of(const struct q_rcpt *rc, const char *reply, char *out,
 		      size_t size)
 {
@@ -116,7 +141,15 @@ static void status_of(const struct q_rcpt *rc, const char *reply, char *out,
 			}
 		}
 	}
-	snprintf(out, size, "%s", rc->last_code >= 500 ? "5.0.0" : "5.4.7");
+	if (rc->last_code == 0 && rc->last_error != NULL) {
+		for (size_t i = 0; i < sizeof(no_reply) / sizeof(no_reply[0]); i++)
+			if (strstr(rc->last_error, no_reply[i].text) != NULL) {
+				snprintf(out, size, "%s", no_reply[i].status);
+				return;
+			}
+	}
+	snprintf(out, size, "%s", rc->last_code == 0 ||
+		 (rc->last_code >= 400 && rc->last_code <= 499) ? "5.4.7" : "5.0.0");
 }
 
 /* The header part of the original message (canonical form, unstuffed). */
