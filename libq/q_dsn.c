@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <stdbool.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -207,7 +208,12 @@ int q_dsn_queue(struct q_spool *spool, const struct q_env *env,
 	q_buf_printf(&b, "To: <%s>\n", env->sender);
 	q_buf_adds(&b, "Subject: Mail delivery failed: returning message to sender\n");
 	q_buf_printf(&b, "Date: %s\n", date);
-	q_buf_printf(&b, "Message-ID: <%s-dsn@%s>\n", env->id, our_name);
+	/* one per bounce (RFC 5322 3.6.4): a message can bounce in several
+	   runs, and several processes make bounces */
+	static atomic_uint dsn_seq;
+	unsigned seq = atomic_fetch_add_explicit(&dsn_seq, 1, memory_order_relaxed);
+	q_buf_printf(&b, "Message-ID: <%s-dsn.%lld.%ld.%u@%s>\n", env->id,
+		     (long long)now, (long)getpid(), seq, our_name);
 	q_buf_adds(&b, "Auto-Submitted: auto-replied\nMIME-Version: 1.0\n");
 	q_buf_printf(&b, "Content-Type: multipart/report; report-type=delivery-status;\n"
 		     "\tboundary=\"%s\"\n\n", boundary);

@@ -264,10 +264,42 @@ static void test_rcpt_table(void)
 	q_spool_close(&s);
 }
 
+/* ---- two bounces of one message (two runs): two Message-IDs ---- */
+
+static void test_message_id(void)
+{
+	struct q_spool *s = new_spool();
+	struct q_env env;
+	struct q_rcpt rc;
+	char m1[1200], m2[1200];
+
+	CU_ASSERT_FATAL(s != NULL);
+	CU_ASSERT_FATAL(mk_msg(s, "a@sender.test", "x@d.test", &env, &rc) == 0);
+	rc.last_code = 550;
+	rc.last_error = "5.1.1 no such user";
+	char *b1 = bounce(s, &env, 1);
+	char *b2 = bounce(s, &env, 1);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(b1);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(b2);
+	line_of(b1, "Message-ID: ", m1, sizeof(m1));
+	line_of(b2, "Message-ID: ", m2, sizeof(m2));
+	CU_ASSERT(strncmp(m1, "Message-ID: <", 13) == 0);
+	CU_ASSERT(m1[strlen(m1) - 1] == '>');
+	CU_ASSERT(strstr(m1, "@mx.qkit.test>") != NULL);
+	CU_ASSERT(strcmp(m1, m2) != 0);
+	if (strcmp(m1, m2) == 0)
+		fprintf(stderr, "\ntwo bounces, one %s\n", m1);
+	free(b1);
+	free(b2);
+	q_spool_close(&s);
+}
+
 void suite_dsn(void)
 {
 	CU_pSuite s = CU_add_suite("dsn", NULL, NULL);
 
 	CU_add_test(s, "Status and Diagnostic-Code of one recipient (table)",
 		    test_rcpt_table);
+	CU_add_test(s, "two bounces of one message: two Message-IDs",
+		    test_message_id);
 }
