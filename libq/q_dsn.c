@@ -25,6 +25,7 @@
 
 #define DSN_MAX_HEADER (64 * 1024)
 #define DSN_MAX_DIAG 400
+#define DSN_MAX_ADDR 900        /* "Final-Recipient: rfc822; " + this < 998 */
 
 static void add_clean(struct q_buf *b, const char *s, size_t max)
 {
@@ -33,6 +34,21 @@ static void add_clean(struct q_buf *b, const char *s, size_t max)
 		unsigned char c = (unsigned char)*s;
 		q_buf_addc(b, (c >= 0x20 && c < 0x7f) ? (char)c : ' ');
 	}
+}
+
+/* An address from the envelope (never checked by the spool: one with
+ * control characters or over 1024 octets fails at the SMTP client and
+ * bounces): control characters become spaces, octets over 127 stay
+ * (SMTPUTF8), and the line stays under 998 octets. */
+static void add_addr(struct q_buf *b, const char *s)
+{
+	size_t n = 0;
+	for (; *s && n < DSN_MAX_ADDR; s++, n++) {
+		unsigned char c = (unsigned char)*s;
+		q_buf_addc(b, (c >= 0x20 && c != 0x7f) ? (char)c : ' ');
+	}
+	if (*s)
+		q_buf_adds(b, "...");
 }
 
 static void rfc5322_date(time_t t, char *buf, size_t size)
@@ -205,7 +221,9 @@ int q_dsn_queue(struct q_spool *spool, const struct q_env *env,
 	snprintf(boundary, sizeof(boundary), "%s-%ld-qkit", env->id, (long)now);
 
 	q_buf_printf(&b, "From: Mail Delivery System <MAILER-DAEMON@%s>\n", our_name);
-	q_buf_printf(&b, "To: <%s>\n", env->sender);
+	q_buf_adds(&b, "To: <");
+	add_addr(&b, env->sender);
+	q_buf_adds(&b, ">\n");
 	q_buf_adds(&b, "Subject: Mail delivery failed: returning message to sender\n");
 	q_buf_printf(&b, "Date: %s\n", date);
 	/* one per bounce (RFC 5322 3.6.4): a message can bounce in several
@@ -228,7 +246,9 @@ int q_dsn_queue(struct q_spool *spool, const struct q_env *env,
 		if (failed[i] >= env->nrcpt)
 			continue;
 		const struct q_rcpt *rc = &env->rcpt[failed[i]];
-		q_buf_printf(&b, "  %s\n    ", rc->addr);
+		q_buf_adds(&b, "  ");
+		add_addr(&b, rc->addr);
+		q_buf_adds(&b, "\n    ");
 		if (rc->host) {
 			q_buf_adds(&b, "host ");
 			add_clean(&b, rc->host, 255);
@@ -254,9 +274,12 @@ int q_dsn_queue(struct q_spool *spool, const struct q_env *env,
 		size_t stage;
 		const char *reply = reply_of(rc, &stage);
 		status_of(rc, reply, status, sizeof(status));
-		q_buf_printf(&b, "\nFinal-Recipient: rfc822; %s\nAction: failed\nStatus: %s\n",
-			     rc->addr, status);
-		if (rc->host) {
+		q_buf_adds(&b, "\nFinal-Recipient: rfc822; ");
+		add_addr(&b, rc->addr);
+		q_buf_printf(&b, "\nAction: failed\nStatus: %s\n", status);
+		/* RFC 3464 2.3.5: the MTA that reported the status; none for a
+		   failure without a reply (routing, no connection) */
+		if (rc->host && rc->last_code) {
 			q_buf_adds(&b, "Remote-MTA: dns; ");
 			add_clean(&b, rc->host, 255);
 			q_buf_adds(&b, "\n");

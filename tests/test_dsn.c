@@ -250,6 +250,9 @@ static void test_rcpt_table(void)
 		CHECK(strcmp(line_of(b, "Status: ", buf, sizeof(buf)), c->status) == 0);
 		CHECK(strcmp(line_of(b, "Diagnostic-Code: ", buf, sizeof(buf)), c->diag) == 0);
 		CHECK(strcmp(line_of(b, "Action: ", buf, sizeof(buf)), "Action: failed") == 0);
+		snprintf(buf2, sizeof(buf2), "Remote-MTA: dns; %s", c->host);
+		CHECK(strcmp(line_of(b, "Remote-MTA: ", buf, sizeof(buf)),
+			     c->code ? buf2 : "") == 0);
 		snprintf(buf2, sizeof(buf2), "    %s", c->human);
 		CHECK(strcmp(line_of(b, "    host ", buf, sizeof(buf)), buf2) == 0);
 		CHECK(strcmp(line_of(b, "Final-Recipient: ", buf, sizeof(buf)),
@@ -294,6 +297,50 @@ static void test_message_id(void)
 	q_spool_close(&s);
 }
 
+/* ---- addresses the SMTP client refuses: the bounce still goes, its
+ * lines under 998 octets, no header line injected ---- */
+
+static void test_bad_addresses(void)
+{
+	struct q_spool *s = new_spool();
+	char longa[1200];
+	const char *addrs[] = {longa, "x@d.test\nAction: delivered",
+			       "x@d.test\r\nStatus: 2.0.0"};
+
+	CU_ASSERT_FATAL(s != NULL);
+	memset(longa, 'a', sizeof(longa) - 10);
+	snprintf(longa + sizeof(longa) - 10, 10, "@d.test");
+	for (size_t i = 0; i < sizeof(addrs) / sizeof(addrs[0]); i++) {
+		struct q_env env;
+		struct q_rcpt rc;
+		char buf[1200];
+
+		CU_ASSERT_FATAL(mk_msg(s, addrs[i], addrs[i], &env, &rc) == 0);
+		rc.last_error = "recipient address with control characters "
+				"or too long";
+		rc.host = "mx.d.test";
+		char *b = bounce(s, &env, 1);
+		CU_ASSERT_PTR_NOT_NULL(b);
+		if (b == NULL)
+			continue;
+		size_t longest = 0;
+		for (const char *l = b, *e; (e = strstr(l, "\r\n")) != NULL; l = e + 2)
+			if ((size_t)(e - l) > longest)
+				longest = (size_t)(e - l);
+		CU_ASSERT(longest <= 998);
+		CU_ASSERT(strstr(b, "\r\nAction: delivered") == NULL);
+		CU_ASSERT(strstr(b, "\r\nStatus: 2.0.0") == NULL);
+		CU_ASSERT_STRING_EQUAL(line_of(b, "Action: ", buf, sizeof(buf)),
+				       "Action: failed");
+		CU_ASSERT_STRING_EQUAL(line_of(b, "Status: ", buf, sizeof(buf)),
+				       "Status: 5.1.3");
+		CU_ASSERT(strncmp(line_of(b, "Final-Recipient: ", buf, sizeof(buf)),
+				  "Final-Recipient: rfc822; ", 25) == 0);
+		free(b);
+	}
+	q_spool_close(&s);
+}
+
 void suite_dsn(void)
 {
 	CU_pSuite s = CU_add_suite("dsn", NULL, NULL);
@@ -302,4 +349,6 @@ void suite_dsn(void)
 		    test_rcpt_table);
 	CU_add_test(s, "two bounces of one message: two Message-IDs",
 		    test_message_id);
+	CU_add_test(s, "long and control-character addresses: lines <= 998",
+		    test_bad_addresses);
 }
