@@ -1594,6 +1594,53 @@ static void test_bounce(void)
 	srv_stop(&s);
 }
 
+/* 14b. what the bounce says for a refused MAIL and for a domain under
+   .invalid, from real runs (the texts the runner and client store) */
+
+static void test_bounce_fields(void)
+{
+	struct ctx c;
+	struct srv s;
+	struct t_out o;
+	char id[Q_ID_LEN + 1], bid[Q_ID_LEN + 1];
+
+	CU_ASSERT_FATAL(ctx_init(&c) == 0);
+	CU_ASSERT_FATAL(srv_start(&s, &c, "srv", 0,
+				  "mail: 550 5.7.1 sender rejected\n", NULL) == 0);
+	ctx_hosts(&c, "127.0.0.1 mx.test\n");
+	ctx_conf(&c, "route * = mx.test:%u\n", s.port[0]);
+	CU_ASSERT_FATAL(submit(&c, "a@sender.test", "nobody@d.test", NULL, id) == 0);
+	CU_ASSERT_EQUAL(QRUN(&c, &o, NULL), 0);
+	CU_ASSERT_EQUAL(jnum(o.out, "bounces"), 1);
+	t_out_free(&o);
+	other_id(&c, id, bid);
+	CU_ASSERT_FATAL(bid[0] != '\0');
+	char *body = show(&c, bid, "--body");
+	CU_ASSERT_PTR_NOT_NULL(strstr(body, "\nStatus: 5.7.1\n"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(body,
+		"\nDiagnostic-Code: smtp; 550 5.7.1 sender rejected\n"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(body, "MAIL FROM refused: 550 5.7.1 sender rejected\n"));
+	free(body);
+	srv_stop(&s);
+
+	/* a domain that cannot exist: no attempt, 5.1.2, no Remote-MTA */
+	char id2[Q_ID_LEN + 1], bid2[Q_ID_LEN + 1];
+	CU_ASSERT_FATAL(ctx_init(&c) == 0);
+	ctx_hosts(&c, "");
+	ctx_conf(&c, "%s", "");
+	CU_ASSERT_FATAL(submit(&c, "a@sender.test", "x@nowhere.invalid", NULL, id2) == 0);
+	CU_ASSERT_EQUAL(QRUN(&c, &o, NULL), 0);
+	CU_ASSERT_EQUAL(jnum(o.out, "bounces"), 1);
+	t_out_free(&o);
+	other_id(&c, id2, bid2);
+	CU_ASSERT_FATAL(bid2[0] != '\0');
+	body = show(&c, bid2, "--body");
+	CU_ASSERT_PTR_NOT_NULL(strstr(body, "\nStatus: 5.1.2\n"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(body, "\nDiagnostic-Code: X-qkit; "));
+	CU_ASSERT_PTR_NULL(strstr(body, "Remote-MTA:"));
+	free(body);
+}
+
 /* ====================================================================== */
 /* exit codes, -M, -R, -f */
 
@@ -2606,6 +2653,8 @@ void suite_qrun(void)
 	CU_add_test(s, "a runner killed mid-delivery: slot and session die with it",
 		    test_killed_runner);
 	CU_add_test(s, "one bounce for a 5xx, none from <>", test_bounce);
+	CU_add_test(s, "bounce fields: MAIL refused, .invalid domain",
+		    test_bounce_fields);
 	CU_add_test(s, "exit codes", test_exit_codes);
 	CU_add_test(s, "-M ID and -R DOMAIN", test_select);
 	CU_add_test(s, "-f ignores retry times", test_force);
