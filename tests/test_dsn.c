@@ -22,23 +22,6 @@
 
 #include <CUnit/CUnit.h>
 
-static struct q_spool *new_spool(void)
-{
-	char path[PATH_MAX];
-	struct q_spool *s = NULL;
-	const char *err = NULL;
-	char *t = t_tmpdir();
-
-	if (t == NULL)
-		return NULL;
-	snprintf(path, sizeof(path), "%s/spool", t);
-	if (q_spool_open(path, Q_SPOOL_CREATE, &s, &err) < 0) {
-		fprintf(stderr, "\nq_spool_open %s: %s\n", path, err);
-		return NULL;
-	}
-	return s;
-}
-
 /* A message from sender to rcpt on s; its envelope in *env (addresses
  * and id), results unset. 0 or -1. */
 static int mk_msg(struct q_spool *s, const char *sender, const char *rcpt,
@@ -230,7 +213,7 @@ static const struct rcase rcases[] = {
 
 static void test_rcpt_table(void)
 {
-	struct q_spool *s = new_spool();
+	struct q_spool *s = t_new_spool();
 	CU_ASSERT_FATAL(s != NULL);
 	for (size_t i = 0; i < sizeof(rcases) / sizeof(rcases[0]); i++) {
 		const struct rcase *c = &rcases[i];
@@ -271,7 +254,7 @@ static void test_rcpt_table(void)
 
 static void test_message_id(void)
 {
-	struct q_spool *s = new_spool();
+	struct q_spool *s = t_new_spool();
 	struct q_env env;
 	struct q_rcpt rc;
 	char m1[1200], m2[1200];
@@ -302,7 +285,7 @@ static void test_message_id(void)
 
 static void test_bad_addresses(void)
 {
-	struct q_spool *s = new_spool();
+	struct q_spool *s = t_new_spool();
 	char longa[1200];
 	const char *addrs[] = {longa, "x@d.test\nAction: delivered",
 			       "x@d.test\r\nStatus: 2.0.0"};

@@ -21,23 +21,6 @@
 
 #include <CUnit/CUnit.h>
 
-static struct q_spool *new_spool(void)
-{
-	char path[PATH_MAX];
-	struct q_spool *s = NULL;
-	const char *err = NULL;
-	char *t = t_tmpdir();
-
-	if (t == NULL)
-		return NULL;
-	snprintf(path, sizeof(path), "%s/spool", t);
-	if (q_spool_open(path, Q_SPOOL_CREATE, &s, &err) < 0) {
-		fprintf(stderr, "\nq_spool_open: %s\n", err);
-		return NULL;
-	}
-	return s;
-}
-
 static int mk(struct q_spool *s, const char *sender, char id[Q_ID_LEN + 1])
 {
 	const char *rc[] = { "a@Example.COM", "b@example.com", "c@other.org" };
@@ -198,7 +181,7 @@ static size_t count(struct q_spool *s)
 
 static void test_list_consistency(void)
 {
-	struct q_spool *s = new_spool();
+	struct q_spool *s = t_new_spool();
 	char ids[8][Q_ID_LEN + 1], path[PATH_MAX];
 	struct q_hints *h = NULL;
 	struct q_index_rec r;
@@ -302,7 +285,7 @@ static bool listed(const struct coll *c, const char *id)
  * guard (boot id, entry count, directory change) forces a read. */
 static void test_list_stamps(void)
 {
-	struct q_spool *s = new_spool();
+	struct q_spool *s = t_new_spool();
 	char ids[6][Q_ID_LEN + 1], fake[Q_ID_LEN + 1], path[PATH_MAX];
 	struct q_hints *h = NULL;
 	struct q_index_rec r;
@@ -382,7 +365,7 @@ static int fail_fn(const struct q_index_rec *r, void *ctx)
 
 static void test_list_error_and_scan(void)
 {
-	struct q_spool *s = new_spool();
+	struct q_spool *s = t_new_spool();
 	char id[Q_ID_LEN + 1];
 	const char *err = NULL;
 
@@ -394,7 +377,7 @@ static void test_list_error_and_scan(void)
 
 static void test_rebuild(void)
 {
-	struct q_spool *s = new_spool();
+	struct q_spool *s = t_new_spool();
 	char ids[5][Q_ID_LEN + 1], path[PATH_MAX], young[PATH_MAX];
 	struct q_hints *h = NULL;
 	struct timespec old[2] = { { 1000000000, 0 }, { 1000000000, 0 } };
@@ -445,7 +428,7 @@ static int scan_fn(const char *id, void *ctx)
 
 static void test_scan(void)
 {
-	struct q_spool *s = new_spool();
+	struct q_spool *s = t_new_spool();
 	char id[Q_ID_LEN + 1], path[PATH_MAX];
 	const char *err = NULL;
 	size_t n = 0;
@@ -468,7 +451,7 @@ static void test_scan(void)
  * that is gone or garbled left out, and no hints opened or made. */
 static void test_list_files(void)
 {
-	struct q_spool *s = new_spool(), *s2 = NULL;
+	struct q_spool *s = t_new_spool(), *s2 = NULL;
 	char ids[6][Q_ID_LEN + 1], path[PATH_MAX], db[PATH_MAX], aside[PATH_MAX];
 	struct coll c = { 0 }, f = { 0 };
 	const char *err = NULL;

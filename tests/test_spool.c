@@ -40,21 +40,6 @@ static char *new_spool_dir(void)
 	return path;
 }
 
-static struct q_spool *new_spool(void)
-{
-	struct q_spool *s = NULL;
-	const char *err = NULL;
-	char *dir = new_spool_dir();
-
-	if (dir == NULL)
-		return NULL;
-	if (q_spool_open(dir, Q_SPOOL_CREATE, &s, &err) < 0) {
-		fprintf(stderr, "\nq_spool_open %s: %s\n", dir, err);
-		return NULL;
-	}
-	return s;
-}
-
 static int mk(struct q_spool *s, const char *sender, const char *const *rcpts,
 	      size_t n, const char *data, char id[Q_ID_LEN + 1])
 {
@@ -216,7 +201,7 @@ static const char *const odd_strings[] = {
 
 static void test_roundtrip_odd_bytes(void)
 {
-	struct q_spool *s = new_spool();
+	struct q_spool *s = t_new_spool();
 	char id[Q_ID_LEN + 1], path[PATH_MAX];
 	static const char data[] = "Subject: x\r\n\r\n\x00\x01\xff..dot\r\n";
 	struct q_newmsg m;
@@ -311,7 +296,7 @@ static void test_roundtrip_odd_bytes(void)
  * field, nothing outside printable ASCII. */
 static void test_h_format(void)
 {
-	struct q_spool *s = new_spool();
+	struct q_spool *s = t_new_spool();
 	const char *rc[] = { "a@example.com", "b c@example.com" };
 	char id[Q_ID_LEN + 1], path[PATH_MAX], want[512];
 	char *h;
@@ -336,7 +321,7 @@ static void test_h_format(void)
 
 static void test_journal_torn_line(void)
 {
-	struct q_spool *s = new_spool();
+	struct q_spool *s = t_new_spool();
 	const char *rc[] = { "a@example.com", "b@example.com", "c@example.com" };
 	char id[Q_ID_LEN + 1], jpath[PATH_MAX], line[256];
 	struct q_env *env = NULL;
@@ -421,7 +406,7 @@ static void test_journal_garbage(void)
 	char id[Q_ID_LEN + 1], jpath[PATH_MAX], path[PATH_MAX];
 
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		struct q_spool *s = new_spool();
+		struct q_spool *s = t_new_spool();
 		struct q_env *env = NULL;
 		struct q_msg *m = NULL;
 		const char *err = NULL;
@@ -454,7 +439,7 @@ static void test_journal_garbage(void)
 
 static void test_lock_busy(void)
 {
-	struct q_spool *s = new_spool();
+	struct q_spool *s = t_new_spool();
 	const char *rc[] = { "a@example.com" };
 	char id[Q_ID_LEN + 1], path[PATH_MAX];
 	struct q_msg *m = NULL, *m2 = NULL;
@@ -526,7 +511,7 @@ static void test_lock_busy(void)
 /* A message removed while another process waited for its lock. */
 static void test_lock_after_remove(void)
 {
-	struct q_spool *s = new_spool();
+	struct q_spool *s = t_new_spool();
 	const char *rc[] = { "a@example.com" };
 	char id[Q_ID_LEN + 1];
 	struct q_msg *m = NULL, *m2 = NULL;
@@ -585,7 +570,7 @@ static void check_corrupt(struct q_spool *s, const char *id, const char *content
 
 static void test_corrupt_truncated(void)
 {
-	struct q_spool *s = new_spool();
+	struct q_spool *s = t_new_spool();
 	const char *rc[] = { "a@example.com", "b\\@example.com" };
 	char id[Q_ID_LEN + 1], path[PATH_MAX];
 	struct q_msg *m = NULL;
@@ -636,7 +621,7 @@ static void test_corrupt_truncated(void)
 /* Random damage: every outcome is a clean read or a path:line error. */
 static void test_corrupt_random(void)
 {
-	struct q_spool *s = new_spool();
+	struct q_spool *s = t_new_spool();
 	const char *rc[] = { "a@example.com", "b@example.com", "c@example.com" };
 	char id[Q_ID_LEN + 1], path[PATH_MAX];
 	struct q_msg *m = NULL;
@@ -690,7 +675,7 @@ static void test_corrupt_random(void)
  * it silently otherwise). */
 static void test_corrupt_logged(void)
 {
-	struct q_spool *s = new_spool();
+	struct q_spool *s = t_new_spool();
 	const char *rc[] = { "a@example.com" };
 	char id[Q_ID_LEN + 1], path[PATH_MAX];
 	struct q_env *env = NULL;
@@ -717,7 +702,7 @@ static void test_corrupt_logged(void)
 
 static void test_commit(void)
 {
-	struct q_spool *s = new_spool();
+	struct q_spool *s = t_new_spool();
 	const char *rc[] = { "a@example.com", "b@example.com" };
 	char id[Q_ID_LEN + 1], path[PATH_MAX];
 	struct q_env *env = NULL;
@@ -773,7 +758,7 @@ static void test_commit(void)
  * flush; held lines are not lost when the message is unlocked. */
 static void test_journal_hold(void)
 {
-	struct q_spool *s = new_spool();
+	struct q_spool *s = t_new_spool();
 	const char *rc[] = { "a@example.com", "b@example.com", "c@example.com",
 			     "d@example.com" };
 	char id[Q_ID_LEN + 1], path[PATH_MAX];
@@ -831,7 +816,7 @@ static void test_journal_hold(void)
  * (never lockable again), and nothing is left once it has stopped. */
 static void reaper_case(bool group)
 {
-	struct q_spool *s = new_spool();
+	struct q_spool *s = t_new_spool();
 	const char *rc[] = { "a@example.com" };
 	enum { N = 300 };
 	static char ids[N][Q_ID_LEN + 1];
@@ -902,7 +887,7 @@ static void test_reaper_group_sync(void)
 
 static void test_freeze_thaw_remove(void)
 {
-	struct q_spool *s = new_spool();
+	struct q_spool *s = t_new_spool();
 	const char *rc[] = { "a@example.com" };
 	char id[Q_ID_LEN + 1], path[PATH_MAX];
 	struct q_env *env = NULL;
@@ -965,7 +950,7 @@ static void test_freeze_thaw_remove(void)
 
 static void test_msglog(void)
 {
-	struct q_spool *s = new_spool();
+	struct q_spool *s = t_new_spool();
 	char path[PATH_MAX];
 	const char *err = NULL;
 	const char *id = "1a2B3c-0AbC-00Zz";
@@ -1027,7 +1012,7 @@ static int chk_fn(const struct q_index_rec *r, void *vctx)
 
 static void test_sigkill_create(void)
 {
-	struct q_spool *s = new_spool();
+	struct q_spool *s = t_new_spool();
 	const char *err = NULL;
 	unsigned seed = 777;
 	size_t listed = 0;

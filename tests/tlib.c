@@ -12,6 +12,7 @@
  */
 #include "config.h"
 #include "tests/tlib.h"
+#include "q/spool.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -473,4 +474,21 @@ char *t_read_file(const char *path, size_t *len_r)
 	if (len_r != NULL)
 		*len_r = b.len;
 	return b.p;
+}
+
+struct q_spool *t_new_spool(void)
+{
+	char path[PATH_MAX];
+	struct q_spool *s = NULL;
+	const char *err = NULL;
+	char *t = t_tmpdir();
+
+	if (t == NULL)
+		return NULL;
+	snprintf(path, sizeof(path), "%s/spool", t);
+	if (q_spool_open(path, Q_SPOOL_CREATE, &s, &err) < 0) {
+		fprintf(stderr, "\nq_spool_open %s: %s\n", path, err);
+		return NULL;
+	}
+	return s;
 }

@@ -17,6 +17,12 @@
  * tlib.  NULL on failure (reason on stderr). */
 char *t_tmpdir(void);
 
+/* A new spool (q_spool_open with Q_SPOOL_CREATE) at "spool" in a fresh
+ * t_tmpdir; close it with q_spool_close.  NULL on failure (reason on
+ * stderr). */
+struct q_spool;
+struct q_spool *t_new_spool(void);
+
 struct t_out {
 	int status;       /* exit code, or 128+signal number */
 	char *out;        /* stdout, NUL-terminated (malloc'd) */
