@@ -1585,6 +1585,7 @@ int q_smtp_send(struct q_smtp_conn *c, bool rset, const char *sender,
 {
 	size_t i, ncmd, sent = 0, got = 0, naccepted = 0, first;
 	bool pipe, utf8 = false, mail_failed = false, stop = false;
+	struct q_smtp_err merr;         /* MAIL's refusal, once mail_failed */
 	int rc = -1;
 
 	memset(e, 0, sizeof(*e));
@@ -1694,6 +1695,7 @@ int q_smtp_send(struct q_smtp_conn *c, bool rset, const char *sender,
 				ereply(c, e, c->reply.code >= 500 ? "mail_5xx" :
 				       "mail_4xx", c->reply.code >= 500,
 				       "MAIL FROM refused");
+				merr = *e;
 				if (c->broken)
 					goto fail;
 			} else {
@@ -1807,6 +1809,12 @@ int q_smtp_send(struct q_smtp_conn *c, bool rset, const char *sender,
 	goto out;
 
 fail:
+	/* MAIL's refusal is the transaction's outcome, whatever became of
+	 * the replies to the commands pipelined behind it (a server that
+	 * refuses MAIL and hangs up, or says 421 to the next RCPT): the
+	 * fault that followed only broke the connection */
+	if (mail_failed)
+		*e = merr;
 	/* recipients that were accepted are not decided */
 	for (i = 0; i < n; i++) {
 		if (rcpt_codes[i] != 0 && code2(rcpt_codes[i])) {

@@ -21,6 +21,7 @@
 #include "q/smtp.h"
 #include "q/util.h"
 #include "tlib.h"
+#include "tsrv.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -34,6 +35,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1869,6 +1871,84 @@ static void test_client_cert(void)
 	CU_ASSERT(err != NULL && strstr(err, "/nonexistent/cert.pem") != NULL);
 }
 
+/* ------------------------------------------------------------------ */
+/* against tests/smtpd (tests/smtpd.md): faults the thread server cannot
+ * play. Each start works in its own directory under tdir. */
+
+static int smtpd_open(struct ts_smtpd *s, const char *script,
+		      struct q_smtp_conn **c_r)
+{
+	static int seq;
+	char dir[600];
+	struct q_smtp_opts o = opts();
+	struct q_smtp_err e;
+
+	*c_r = NULL;
+	snprintf(dir, sizeof(dir), "%s/smtpd%d", tdir, ++seq);
+	if (mkdir(dir, 0700) != 0 || ts_smtpd_start(s, dir, script, NULL) != 0)
+		return -1;
+	if (q_smtp_open(&o, "127.0.0.1", s->port, c_r, &e) != 0) {
+		fprintf(stderr, "q_smtp_open: %s %s\n", e.kind, e.text);
+		ts_smtpd_stop(s);
+		return -1;
+	}
+	return 0;
+}
+
+/* MAIL refused and the server hangs up at once (Exim's "drop"), or
+ * answers the next RCPT 421 (Postfix's "too many errors"): the refusal
+ * is the outcome (permanent, 550), not the lost connection behind it;
+ * with PIPELINING the connection is then unusable. */
+static void test_mail_refused_close(void)
+{
+	static const char *const scripts[] = {
+		"mail: 550 5.7.1 go away; close\n",
+		"mail: 550 5.7.1 no\nrcpt: 421 4.7.0 too many errors; close\n",
+	};
+
+	for (int pipe = 0; pipe < 2; pipe++)
+		for (size_t k = 0; k < 2; k++) {
+			char script[256];
+			struct ts_smtpd s;
+			struct q_smtp_conn *c = NULL;
+			struct q_smtp_err e;
+			const char *r[] = { "b@example.net", "c@example.net" };
+			int codes[2], fd, rc;
+			char *texts[2];
+
+			snprintf(script, sizeof(script), "%s%s", pipe ? "" :
+				 "ext -PIPELINING\n", scripts[k]);
+			CU_ASSERT_FATAL(smtpd_open(&s, script, &c) == 0);
+			CU_ASSERT_EQUAL((q_smtp_exts(c) & Q_EXT_PIPELINING) != 0,
+					pipe);
+			fd = msg_fd(MSG, sizeof(MSG) - 1);
+			rc = q_smtp_send(c, false, "bad@example.org", r, 2, fd,
+					 (off_t)sizeof(MSG) - 1, codes, texts,
+					 &e);
+			CU_ASSERT_EQUAL(rc, -1);
+			CU_ASSERT_STRING_EQUAL(e.kind, "mail_5xx");
+			CU_ASSERT_EQUAL(e.code, 550);
+			CU_ASSERT(e.permanent);
+			CU_ASSERT(strstr(e.text, "5.7.1") != NULL);
+			if (strcmp(e.kind, "mail_5xx") != 0)
+				fprintf(stderr, "pipe %d script %zu: %s %d %s\n",
+					pipe, k, e.kind, e.code, e.text);
+			CU_ASSERT_EQUAL(codes[0], 0);
+			CU_ASSERT_EQUAL(codes[1], 0);
+			CU_ASSERT_PTR_NULL(texts[0]);
+			CU_ASSERT_PTR_NULL(texts[1]);
+			if (pipe) {
+				CU_ASSERT(!q_smtp_usable(c));
+			} else if (k == 1) {   /* no RCPT went out: still fine */
+				CU_ASSERT(q_smtp_usable(c));
+			}
+			free_texts(texts, 2);
+			close(fd);
+			q_smtp_close(&c);
+			ts_smtpd_stop(&s);
+		}
+}
+
 /* ---- suite ---- */
 
 static int suite_init(void)
@@ -1907,4 +1987,6 @@ void suite_smtp(void)
 	CU_add_test(s, "require_tls", test_require_tls);
 	CU_add_test(s, "handshake failure", test_tls_failed);
 	CU_add_test(s, "client certificate", test_client_cert);
+	CU_add_test(s, "MAIL refused, then the server hangs up",
+		    test_mail_refused_close);
 }

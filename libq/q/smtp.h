@@ -172,7 +172,10 @@ Q_API unsigned q_smtp_msgs(const struct q_smtp_conn *c); /* transactions accepte
  * *e tells why; the return is then -1. Returns 0 when a reply to the
  * final dot was read (whatever its code) or when every RCPT was refused.
  * After -1 the connection is unusable (q_smtp_usable() is false) unless
- * the failure was a clean reply to MAIL or DATA.
+ * the failure was a clean reply to MAIL or DATA. A refused MAIL stays the
+ * error (mail_4xx/mail_5xx, its code, permanent for 5xx) even when the
+ * server then hangs up or says 421 to the commands pipelined behind it;
+ * the connection is then unusable.
  * (added) Precisely: when DATA is refused, the recipients whose RCPT was
  * accepted get the DATA reply's code and text (and *e says "data_4xx"
  * or "data_5xx"); when the final dot gets a non-2xx reply the return is
