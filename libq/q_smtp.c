@@ -33,6 +33,9 @@
  *  - c->broken: the dialogue is out of step or the server is gone (I/O
  *    error, timeout, 421, malformed reply, abandoned data). Nothing more
  *    is written to the server, not even QUIT; q_smtp_usable() is false.
+ *  - c->server_left: broken by a 421 found in the input buffer between
+ *    transactions (c->reply holds it); the next q_smtp_send reports a
+ *    connection closed between messages.
  *  - c->dirty: a MAIL was accepted and its transaction not finished;
  *    the next q_smtp_send sends RSET first even when not asked.
  *  - the reply to the final dot is read and returned to the caller
@@ -513,6 +516,8 @@ struct q_smtp_conn {
 	char *sess_key;              /* session cache key, or NULL */
 	bool have_tls, resumed;
 	bool broken, dirty;
+	bool server_left;            /* broken by a 421 between transactions
+				        (its reply stays in reply) */
 	unsigned exts;
 	unsigned long long max_size;
 	bool body8;            /* the next transactions' data is 8-bit */
@@ -862,6 +867,51 @@ static int read_reply(struct q_smtp_conn *c, long long timeout_ms,
 static bool code2(int code)
 {
 	return code >= 200 && code < 300;
+}
+
+/* Bytes the server sent that no command asked for are in the input
+ * buffer (between transactions). If they hold a whole 421 reply (a
+ * server that says goodbye right after the reply to the final dot, in
+ * the same read), the server is leaving: the connection is marked
+ * broken and server_left, the reply kept in c->reply, and true is
+ * returned. Anything else (another reply, a partial one, garbage) is
+ * left in the buffer untouched for the caller's protocol error; only
+ * buffered bytes are looked at, nothing is read from the socket (a 421
+ * split across reads, or still inside the TLS layer, is not seen). */
+static bool unasked_421(struct q_smtp_conn *c)
+{
+	struct q_reply r;
+	const char *perr = NULL;
+	int done = 0;
+	size_t used;
+
+	if (c->broken || c->rpos >= c->rlen)
+		return false;
+	used = q_reply_feed(c->rp, c->rbuf + c->rpos, c->rlen - c->rpos, &r,
+			    &done, &perr);
+	if (done <= 0 || r.code != 421) {
+		q_reply_parser_reset(c->rp);
+		return false;
+	}
+	c->rpos += used;
+	c->reply = r;
+	c->broken = true;
+	c->server_left = true;
+	return true;
+}
+
+/* The start of a transaction on a connection the server left with a
+ * 421 between transactions: the dialogue breaks at the transaction's
+ * first command (RSET, or MAIL), before any reply to it, so the caller
+ * sees a connection closed between messages (kind "lost_connection",
+ * code 0, state "rset" or "mail"); the 421 is in the text. */
+static int left_between(struct q_smtp_conn *c, bool rset,
+			struct q_smtp_err *e)
+{
+	set_state(c, rset ? "rset" : "mail");
+	return eset(e, "lost_connection", 0, 0, false, "connection closed by "
+		    "the server after the last transaction: %d %s",
+		    c->reply.code, c->reply.text);
 }
 
 /* Send one command (already in c->out) and read its reply. */
@@ -1593,9 +1643,13 @@ int q_smtp_send(struct q_smtp_conn *c, bool rset, const char *sender,
 		rcpt_codes[i] = 0;
 		rcpt_texts[i] = NULL;
 	}
+	if (c->server_left && c->fd >= 0)
+		return left_between(c, rset || c->dirty, e);
 	if (c->broken || c->fd < 0)
 		return eset(e, "lost_connection", 0, 0, false,
 			    "connection not usable");
+	if (unasked_421(c))
+		return left_between(c, rset || c->dirty, e);
 	if (c->rpos < c->rlen)
 		return efault(c, e, "protocol", 0, "unexpected data from the "
 			      "server before MAIL");
@@ -1827,8 +1881,12 @@ fail:
 out:
 	/* a broken connection keeps the state where it broke ("dot": the
 	 * final dot may have reached the server) */
-	if (!c->broken)
+	if (!c->broken) {
 		set_state(c, "idle");
+		/* a 421 right behind the last reply: the server is leaving;
+		 * the transaction's result stands */
+		(void)unasked_421(c);
+	}
 	q_buf_reset(&c->out);
 	return rc;
 }

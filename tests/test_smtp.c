@@ -1949,6 +1949,85 @@ static void test_mail_refused_close(void)
 		}
 }
 
+/* A 421 in the same read as the reply to the final dot (a limit of
+ * messages per connection): the message is delivered, the connection is
+ * unusable, and the next transaction reports a connection closed between
+ * messages (lost_connection, code 0, state "rset") - not a protocol
+ * error. The same when the 421 comes right behind the EHLO reply. */
+static void test_421_after_dot(void)
+{
+	struct ts_smtpd s;
+	struct q_smtp_conn *c = NULL;
+	struct q_smtp_err e;
+	const char *r[] = { "b@example.net" };
+	int codes[1], fd;
+	char *texts[1];
+
+	CU_ASSERT_FATAL(smtpd_open(&s, "dot#1: raw 250 2.0.0 ok\\r\\n"
+				   "421 4.7.0 bye\\r\\n; close\n", &c) == 0);
+	fd = msg_fd(MSG, sizeof(MSG) - 1);
+	CU_ASSERT_EQUAL(q_smtp_send(c, false, "a@example.org", r, 1, fd,
+				    (off_t)sizeof(MSG) - 1, codes, texts, &e),
+			0);
+	CU_ASSERT_EQUAL(codes[0], 250);
+	CU_ASSERT_STRING_EQUAL(e.kind, "");
+	CU_ASSERT_EQUAL(q_smtp_msgs(c), 1);
+	CU_ASSERT(!q_smtp_usable(c));
+	CU_ASSERT_STRING_EQUAL(q_smtp_state(c), "idle");
+	free_texts(texts, 1);
+	CU_ASSERT_EQUAL(q_smtp_send(c, true, "a@example.org", r, 1, fd,
+				    (off_t)sizeof(MSG) - 1, codes, texts, &e),
+			-1);
+	CU_ASSERT_STRING_EQUAL(e.kind, "lost_connection");
+	CU_ASSERT_EQUAL(e.code, 0);
+	CU_ASSERT(!e.permanent);
+	CU_ASSERT(strstr(e.text, "421 4.7.0 bye") != NULL);
+	CU_ASSERT_STRING_EQUAL(q_smtp_state(c), "rset");
+	CU_ASSERT_EQUAL(codes[0], 0);
+	CU_ASSERT(!q_smtp_usable(c));
+	free_texts(texts, 1);
+	q_smtp_close(&c);
+	ts_smtpd_stop(&s);
+	CU_ASSERT_EQUAL(ts_smtpd_events(&s, "cmd", "RSET"), 0);
+	CU_ASSERT_EQUAL(ts_smtpd_events(&s, "cmd", "QUIT"), 0);
+
+	/* the same 421 found at the start of the first transaction */
+	CU_ASSERT_FATAL(smtpd_open(&s, "ehlo: raw 250 mx.test\\r\\n"
+				   "421 4.7.0 bye\\r\\n; close\n", &c) == 0);
+	CU_ASSERT_EQUAL(q_smtp_send(c, false, "a@example.org", r, 1, fd,
+				    (off_t)sizeof(MSG) - 1, codes, texts, &e),
+			-1);
+	CU_ASSERT_STRING_EQUAL(e.kind, "lost_connection");
+	CU_ASSERT_EQUAL(e.code, 0);
+	CU_ASSERT(strstr(e.text, "421 4.7.0 bye") != NULL);
+	CU_ASSERT_STRING_EQUAL(q_smtp_state(c), "mail");
+	CU_ASSERT(!q_smtp_usable(c));
+	free_texts(texts, 1);
+	close(fd);
+	q_smtp_close(&c);
+	ts_smtpd_stop(&s);
+	CU_ASSERT_EQUAL(ts_smtpd_events(&s, "cmd", "MAIL"), 0);
+
+	/* anything else behind the final reply is still a protocol error */
+	CU_ASSERT_FATAL(smtpd_open(&s, "dot#1: raw 250 2.0.0 ok\\r\\n"
+				   "250 2.0.0 and once more\\r\\n\n", &c) == 0);
+	fd = msg_fd(MSG, sizeof(MSG) - 1);
+	CU_ASSERT_EQUAL(q_smtp_send(c, false, "a@example.org", r, 1, fd,
+				    (off_t)sizeof(MSG) - 1, codes, texts, &e),
+			0);
+	CU_ASSERT_EQUAL(codes[0], 250);
+	free_texts(texts, 1);
+	CU_ASSERT_EQUAL(q_smtp_send(c, true, "a@example.org", r, 1, fd,
+				    (off_t)sizeof(MSG) - 1, codes, texts, &e),
+			-1);
+	CU_ASSERT_STRING_EQUAL(e.kind, "protocol");
+	CU_ASSERT(!q_smtp_usable(c));
+	free_texts(texts, 1);
+	close(fd);
+	q_smtp_close(&c);
+	ts_smtpd_stop(&s);
+}
+
 /* ---- suite ---- */
 
 static int suite_init(void)
@@ -1989,4 +2068,6 @@ void suite_smtp(void)
 	CU_add_test(s, "client certificate", test_client_cert);
 	CU_add_test(s, "MAIL refused, then the server hangs up",
 		    test_mail_refused_close);
+	CU_add_test(s, "421 behind the final reply or the EHLO reply",
+		    test_421_after_dot);
 }

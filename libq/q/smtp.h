@@ -176,6 +176,13 @@ Q_API unsigned q_smtp_msgs(const struct q_smtp_conn *c); /* transactions accepte
  * error (mail_4xx/mail_5xx, its code, permanent for 5xx) even when the
  * server then hangs up or says 421 to the commands pipelined behind it;
  * the connection is then unusable.
+ * A 421 already read behind the transaction's last reply (a server's
+ * limit of messages per connection: "250 ok" and "421 bye" in one read)
+ * makes the connection unusable without changing the result returned;
+ * a q_smtp_send on such a connection (or on one whose EHLO reply had a
+ * 421 behind it) returns -1, kind "lost_connection", code 0, the 421 in
+ * the text, state "rset" (with rset) or "mail": closed between
+ * messages, before any command. Other unasked bytes: kind "protocol".
  * (added) Precisely: when DATA is refused, the recipients whose RCPT was
  * accepted get the DATA reply's code and text (and *e says "data_4xx"
  * or "data_5xx"); when the final dot gets a non-2xx reply the return is
