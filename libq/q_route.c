@@ -20,6 +20,11 @@
  *    A domain listed there is routed to its addresses as an implicit MX
  *    (the file exists so tests need no DNS).
  *  - names under ".invalid" are not looked up (RFC 6761 6.4).
+ *  - names that came from the DNS (MX targets, implicit MX) reach
+ *    getaddrinfo (or the test seam) with a trailing dot, and its
+ *    loopback/unspecified answers for them are dropped; route-line
+ *    names, hosts_file and literals are never filtered (the tests route
+ *    everything to 127.0.0.1 that way).
  *
  * hosts_file cache: up to HF_SLOTS files, each parsed once into entries
  * sorted by (name, line order) and looked up by binary search, under one
@@ -67,8 +72,9 @@
 #define HF_SLOTS 4
 #define WHY_MAX 300
 
-/* outcome of one name lookup */
-enum rs { RS_OK, RS_PERM, RS_TEMP, RS_ERR };
+/* outcome of one name lookup (RS_LOCAL: a name from DNS whose every
+ * address is loopback or unspecified; permanent) */
+enum rs { RS_OK, RS_PERM, RS_TEMP, RS_ERR, RS_LOCAL };
 
 /* ------------------------------------------------------------------ */
 /* small helpers */
@@ -532,14 +538,57 @@ static int sys_addr(const char *name, char ***ips_r, size_t *n_r)
 /* ------------------------------------------------------------------ */
 /* name -> addresses */
 
+/* Is ip (numeric) this machine whatever it is: 127.0.0.0/8, 0.0.0.0/8,
+ * ::1, ::, or those two IPv4 ranges mapped into IPv6? */
+static bool local_ip(const char *ip)
+{
+	unsigned char a[sizeof(struct in6_addr)];
+	static const unsigned char mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0,
+						  0, 0xff, 0xff };
+	size_t i;
+
+	if (inet_pton(AF_INET, ip, a) == 1)
+		return a[0] == 127 || a[0] == 0;
+	if (inet_pton(AF_INET6, ip, a) != 1)
+		return false;
+	if (memcmp(a, mapped, sizeof(mapped)) == 0)
+		return a[12] == 127 || a[12] == 0;
+	for (i = 0; i < 15; i++)
+		if (a[i] != 0)
+			return false;
+	return a[15] <= 1;
+}
+
+/* Drop the local_ip addresses of (*ips_r, *n_r); how many went. */
+static size_t drop_local(char **ips, size_t *n_r)
+{
+	size_t i, k = 0, n = *n_r;
+
+	for (i = 0; i < n; i++) {
+		if (local_ip(ips[i]))
+			free(ips[i]);
+		else
+			ips[k++] = ips[i];
+	}
+	*n_r = k;
+	return n - k;
+}
+
 /* Resolve one host name (or IP literal). On RS_OK, *ips_r/n_r hold the
  * addresses; else why holds the reason (and for RS_ERR the error buffer
- * too). */
+ * too). from_dns: the name came from the DNS (an MX target, or the
+ * domain itself as implicit MX): getaddrinfo gets it as an absolute name
+ * (a trailing dot: no resolver search list, RFC 5321 5.1), and the
+ * loopback and unspecified addresses it returns are dropped (a parked
+ * domain's "MX 0 localhost." or "A 127.0.0.1"), RS_LOCAL when none is
+ * left. hosts_file and literals are taken as they are. */
 static enum rs resolve_name(const struct q_conf *conf, const char *name,
-			    char ***ips_r, size_t *n_r, char *why)
+			    bool from_dns, char ***ips_r, size_t *n_r,
+			    char *why)
 {
 	char canon[INET6_ADDRSTRLEN], lit[INET6_ADDRSTRLEN + 2];
-	const char *err;
+	char absname[NS_MAXDNAME + 2];
+	const char *err, *qname = name;
 	size_t nl = strlen(name);
 	int e, saved;
 
@@ -572,8 +621,23 @@ static enum rs resolve_name(const struct q_conf *conf, const char *name,
 			 name);
 		return RS_PERM;
 	}
-	e = addr_fn != NULL ? addr_fn(name, ips_r, n_r) : sys_addr(name, ips_r, n_r);
+	if (from_dns && nl > 0 && name[nl - 1] != '.' &&
+	    nl + 2 <= sizeof(absname)) {
+		memcpy(absname, name, nl);
+		absname[nl] = '.';
+		absname[nl + 1] = '\0';
+		qname = absname;
+	}
+	e = addr_fn != NULL ? addr_fn(qname, ips_r, n_r) :
+		sys_addr(qname, ips_r, n_r);
 	saved = errno;
+	if (e == 0 && *n_r > 0 && from_dns && drop_local(*ips_r, n_r) > 0 &&
+	    *n_r == 0) {
+		q_strv_free(ips_r, *n_r);
+		snprintf(why, WHY_MAX, "MX host %s resolves only to "
+			 "loopback/unspecified addresses", name);
+		return RS_LOCAL;
+	}
 	if (e == 0 && *n_r > 0)
 		return RS_OK;
 	q_strv_free(ips_r, *n_r);
@@ -610,6 +674,7 @@ struct build {
 	struct q_hostlist_r *out;
 	size_t cap;
 	bool temp, perm, err;        /* what failures were seen */
+	bool local;                  /* a perm one was RS_LOCAL */
 	char temp_why[WHY_MAX], perm_why[WHY_MAX], err_why[WHY_MAX];
 };
 
@@ -664,16 +729,24 @@ static int add_host(struct build *b, const char *name, const char *ip,
 	return 0;
 }
 
-/* Resolve name and add its addresses. -1 only on ENOMEM. */
+/* Resolve name and add its addresses (from_dns: see resolve_name).
+ * -1 only on ENOMEM. */
 static int add_name(struct build *b, const struct q_conf *conf,
-		    const char *name, unsigned port, int pref, bool from_mx)
+		    const char *name, unsigned port, int pref, bool from_mx,
+		    bool from_dns)
 {
 	char why[WHY_MAX], **ips;
 	size_t n, i;
 	enum rs r;
 	int ret = 0;
 
-	r = resolve_name(conf, name, &ips, &n, why);
+	r = resolve_name(conf, name, from_dns, &ips, &n, why);
+	if (r == RS_LOCAL) {
+		if (!b->perm)
+			b->local = true;
+		note(b, RS_PERM, why);
+		return 0;
+	}
 	if (r != RS_OK) {
 		note(b, r, why);
 		return 0;
@@ -862,9 +935,10 @@ static int add_mx(struct build *b, const struct q_conf *conf,
 	if (n == 0) {
 		/* implicit MX: the domain's own addresses (hosts "_A") */
 		bool had_perm = b->perm;
-		int ret = add_name(b, conf, domain, port, -1, false);
+		int ret = add_name(b, conf, domain, port, -1, false, true);
 
-		if (ret == 0 && b->out->n == before && b->perm && !had_perm)
+		if (ret == 0 && b->out->n == before && b->perm && !had_perm &&
+		    !b->local)
 			snprintf(b->perm_why, WHY_MAX, "%s: domain has no MX or "
 				 "address records", domain);
 		return ret;
@@ -875,7 +949,8 @@ static int add_mx(struct build *b, const struct q_conf *conf,
 			skipped_ip = true;            /* as Exim: not allowed */
 			continue;
 		}
-		if (add_name(b, conf, mx[i].name, port, mx[i].pref, true) < 0) {
+		if (add_name(b, conf, mx[i].name, port, mx[i].pref, true,
+			     true) < 0) {
 			free(mx);
 			return -1;
 		}
@@ -935,7 +1010,8 @@ static int add_specs(struct build *b, const struct q_conf *conf,
 			if (add_mx(b, conf, domain, port) < 0)
 				return -1;
 		} else if (hs[i].name != NULL &&
-			   add_name(b, conf, hs[i].name, port, -1, false) < 0) {
+			   add_name(b, conf, hs[i].name, port, -1, false,
+				    false) < 0) {
 			return -1;
 		}
 	}

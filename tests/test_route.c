@@ -5,8 +5,9 @@
  * No test depends on the network: DNS answers come from a fake query
  * function (q_route_set_query) that builds real DNS packets, so the MX
  * parser is exercised on wire data; names not in hosts_file resolve
- * through a fake address function (q_route_set_addr), except two cases
- * that use the real getaddrinfo on "localhost" (always in /etc/hosts) and
+ * through a fake address function (q_route_set_addr), which records the
+ * names it is asked, except two cases that use the real getaddrinfo on
+ * "localhost" (implicit MX: whatever it gives, never this machine) and
  * on names under .invalid (answered without any lookup, RFC 6761).
  */
 #include "config.h"
@@ -140,6 +141,10 @@ static const struct fq fqs[] = {
 	{ "viamx.test", 0, "MX 10 a.mx.test" },
 	{ "garbage.test", 0, NULL },
 	{ "big.test", 0, NULL },
+	/* parked domains: MX hosts on loopback / unspecified addresses */
+	{ "loopmx.test", 0, "MX 10 parked.lo.test; MX 20 zero.lo.test" },
+	{ "halfloop.test", 0, "MX 10 half.lo.test; MX 20 parked.lo.test" },
+	{ "nodata-loop.test", NO_DATA, NULL },
 };
 
 static int nqueries;
@@ -187,27 +192,63 @@ static int fake_query(const char *name, int type, unsigned char *answer,
 	return (int)p.n;
 }
 
-static int fake_addr(const char *name, char ***ips_r, size_t *n_r)
-{
-	char buf[64];
-	int k;
-	char **v;
+/* the names fake_addr was asked, as passed (the last 16) */
+static char asked[16][300];
+static size_t nasked;
 
-	if (strcmp(name, "t.tempfail.test") == 0)
-		return EAI_AGAIN;
-	if (strcmp(name, "nodata.test") == 0)
-		snprintf(buf, sizeof(buf), "127.0.2.1");
-	else if (sscanf(name, "h%d.", &k) == 1 && strstr(name, ".big.test") != NULL)
-		snprintf(buf, sizeof(buf), "127.0.3.%d", k);
-	else
-		return EAI_NONAME;
-	v = realloc(*ips_r, (*n_r + 1) * sizeof(*v));
+static bool was_asked(const char *name)
+{
+	for (size_t i = 0; i < nasked && i < 16; i++)
+		if (strcmp(asked[i], name) == 0)
+			return true;
+	return false;
+}
+
+static int add_ip(char ***ips_r, size_t *n_r, const char *ip)
+{
+	char **v = realloc(*ips_r, (*n_r + 1) * sizeof(*v));
+
 	if (v == NULL)
 		return EAI_MEMORY;
-	v[*n_r] = strdup(buf);
+	v[*n_r] = strdup(ip);
 	*ips_r = v;
 	(*n_r)++;
 	return 0;
+}
+
+/* Names match with or without the trailing dot; addresses are from the
+ * documentation ranges, except the *.lo.test ones (parked domains). */
+static int fake_addr(const char *qname, char ***ips_r, size_t *n_r)
+{
+	char buf[64], name[300];
+	size_t nl = strlen(qname);
+	int k;
+
+	snprintf(asked[nasked++ % 16], sizeof(asked[0]), "%s", qname);
+	if (nl > 0 && qname[nl - 1] == '.')
+		nl--;
+	snprintf(name, sizeof(name), "%.*s", (int)nl, qname);
+	if (strcmp(name, "t.tempfail.test") == 0)
+		return EAI_AGAIN;
+	if (strcmp(name, "parked.lo.test") == 0)
+		return add_ip(ips_r, n_r, "127.0.0.1") ? EAI_MEMORY :
+			add_ip(ips_r, n_r, "::1");
+	if (strcmp(name, "zero.lo.test") == 0)
+		return add_ip(ips_r, n_r, "0.0.0.0") ? EAI_MEMORY :
+			add_ip(ips_r, n_r, "::");
+	if (strcmp(name, "half.lo.test") == 0)
+		return add_ip(ips_r, n_r, "0.0.0.0") ? EAI_MEMORY :
+			add_ip(ips_r, n_r, "192.0.2.9") ? EAI_MEMORY :
+			add_ip(ips_r, n_r, "::ffff:127.0.0.1");
+	if (strcmp(name, "nodata-loop.test") == 0)
+		return add_ip(ips_r, n_r, "127.0.0.2");
+	if (strcmp(name, "nodata.test") == 0)
+		snprintf(buf, sizeof(buf), "192.0.2.1");
+	else if (sscanf(name, "h%d.", &k) == 1 && strstr(name, ".big.test") != NULL)
+		snprintf(buf, sizeof(buf), "198.51.100.%d", k);
+	else
+		return EAI_NONAME;
+	return add_ip(ips_r, n_r, buf);
 }
 
 /* ------------------------------------------------------------------ */
@@ -247,6 +288,7 @@ static struct q_hostspec hs_tempperm[] = {
 static struct q_hostspec hs_viamx[] = {
 	{ (char *)"mx", 0, true }, { (char *)"127.0.0.50", 0, false } };
 static struct q_hostspec hs_star[] = { { (char *)"mx1.test", 2600, false } };
+static struct q_hostspec hs_loop[] = { { (char *)"parked.lo.test", 0, false } };
 
 #define R(p, h) { (char *)(p), sizeof(h) / sizeof(h[0]), h }
 static struct q_route routes[] = {
@@ -261,6 +303,7 @@ static struct q_route routes[] = {
 	R("tempperm.test", hs_tempperm),
 	R("viamx.test", hs_viamx),
 	R("*.routed", hs_star),
+	R("looproute.test", hs_loop),
 };
 
 static void make_conf(struct q_conf *c, bool with_routes)
@@ -607,29 +650,85 @@ static void test_failures(void)
 }
 
 /* The real getaddrinfo: "localhost" has no MX (fake answer), so its own
- * addresses are used (implicit MX); they come from /etc/hosts. */
+ * addresses would be used (implicit MX). A name from the DNS is looked up
+ * as "localhost." (not in /etc/hosts, which glibc matches exactly), and
+ * what the DNS may give for it (127.0.0.1, RFC 6761) is dropped: never
+ * a route to this machine, whether this host has a network or not. */
 static void test_implicit_localhost(void)
 {
 	struct q_conf conf;
 	struct q_hostlist_r l;
 	const char *err = NULL;
-	size_t i;
+	int ret;
 
 	q_route_set_addr(NULL);
 	make_conf(&conf, false);
 	conf.hosts_file = NULL;
-	CU_ASSERT_EQUAL_FATAL(q_route_domain(&conf, "localhost", &l, &err), 0);
-	CU_ASSERT(l.n >= 1);
-	for (i = 0; i < l.n; i++) {
-		CU_ASSERT(strncmp(l.h[i].ip, "127.", 4) == 0 ||
-			  strcmp(l.h[i].ip, "::1") == 0);
-		CU_ASSERT_STRING_EQUAL(l.h[i].name, "localhost");
-		CU_ASSERT_FALSE(l.h[i].from_mx);
-		CU_ASSERT_EQUAL(l.h[i].port, 2500);
-	}
-	CU_ASSERT_FALSE(l.by_mx);
+	ret = q_route_domain(&conf, "localhost", &l, &err);
+	CU_ASSERT(ret == Q_ROUTE_PERMANENT || ret == Q_ROUTE_TEMPORARY);
+	CU_ASSERT_EQUAL(l.n, 0);
+	CU_ASSERT(err != NULL && strstr(err, "localhost") != NULL);
 	q_route_free(&l);
 	q_route_set_addr(fake_addr);
+}
+
+/* Names from the DNS (MX targets, the domain as implicit MX) reach the
+ * address lookup as absolute names; route-line names as written. */
+static void test_absolute_names(void)
+{
+	struct q_conf conf;
+	struct q_hostlist_r l;
+	const char *err = NULL;
+
+	make_conf(&conf, true);
+	nasked = 0;
+	CU_ASSERT_EQUAL(q_route_domain(&conf, "nodata.test", &l, &err), 0);
+	q_route_free(&l);
+	CU_ASSERT(was_asked("nodata.test."));
+	CU_ASSERT_FALSE(was_asked("nodata.test"));
+	nasked = 0;
+	CU_ASSERT_EQUAL(q_route_domain(&conf, "halfloop.test", &l, &err), 0);
+	/* the name in the result has no dot */
+	CU_ASSERT(l.n == 1 && strcmp(l.h[0].name, "half.lo.test") == 0);
+	q_route_free(&l);
+	CU_ASSERT(was_asked("half.lo.test."));
+	CU_ASSERT(was_asked("parked.lo.test."));
+	CU_ASSERT_FALSE(was_asked("half.lo.test"));
+	nasked = 0;
+	CU_ASSERT_EQUAL(q_route_domain(&conf, "looproute.test", &l, &err), 0);
+	q_route_free(&l);
+	CU_ASSERT(was_asked("parked.lo.test"));
+	CU_ASSERT_FALSE(was_asked("parked.lo.test."));
+	/* hosts_file names are never asked (listed.example, a.mx.test) */
+	nasked = 0;
+	CU_ASSERT_EQUAL(q_route_domain(&conf, "viamx.test", &l, &err), 0);
+	q_route_free(&l);
+	CU_ASSERT_EQUAL(nasked, 0);
+}
+
+/* Addresses from the DNS on this machine (parked domains: 127.0.0.1,
+ * 0.0.0.0, ::1, ::, IPv4-mapped) are dropped for MX and implicit-MX
+ * names, a host left with none is a permanent failure; route lines,
+ * hosts_file entries and literals are never filtered. */
+static void test_loopback_dropped(void)
+{
+	static const struct rcase cs[] = {
+		{ "loopmx.test", Q_ROUTE_PERMANENT, "MX host parked.lo.test "
+		  "resolves only to loopback/unspecified addresses", false },
+		{ "halfloop.test", 0, "half.lo.test/192.0.2.9:2500/10/M", false },
+		{ "nodata-loop.test", Q_ROUTE_PERMANENT, "nodata-loop.test "
+		  "resolves only to loopback/unspecified addresses", false },
+		{ "looproute.test", 0, "parked.lo.test/127.0.0.1:2500/-1/A "
+		  "parked.lo.test/::1:2500/-1/A", false },
+		{ "listed.example", 0, "listed.example/127.0.0.7:2500/-1/A "
+		  "listed.example/127.0.0.8:2500/-1/A", false },
+		{ "viamx.test", 0, "a.mx.test/127.0.1.1:2500/10/M "
+		  "127.0.0.50/127.0.0.50:2500/-1/A", false },
+		{ "[127.0.0.1]", 0, "[127.0.0.1]/127.0.0.1:2500/-1/A", false },
+		{ "[IPv6:::1]", 0, "[ipv6:::1]/::1:2500/-1/A", false },
+	};
+
+	run_cases(cs, sizeof(cs) / sizeof(cs[0]), true);
 }
 
 /* ------------------------------------------------------------------ */
@@ -643,7 +742,7 @@ static void test_mx_cases(void)
 		{ "nx.test", Q_ROUTE_PERMANENT, "NXDOMAIN", false },
 		{ "servfail.test", Q_ROUTE_TEMPORARY, "servfail.test: MX lookup", false },
 		{ "norecovery.test", Q_ROUTE_TEMPORARY, "norecovery.test", false },
-		{ "nodata.test", 0, "nodata.test/127.0.2.1:2500/-1/A", false },
+		{ "nodata.test", 0, "nodata.test/192.0.2.1:2500/-1/A", false },
 		{ "nodata-noaddr.test", Q_ROUTE_PERMANENT,
 		  "domain has no MX or address records", false },
 		{ "mxip.test", Q_ROUTE_PERMANENT, "IP addresses", false },
@@ -783,6 +882,10 @@ void suite_route(void)
 	CU_add_test(s, "failure kinds: temporary vs permanent", test_failures);
 	CU_add_test(s, "implicit MX with the real getaddrinfo (localhost)",
 		    test_implicit_localhost);
+	CU_add_test(s, "names from DNS looked up as absolute names",
+		    test_absolute_names);
+	CU_add_test(s, "MX/implicit MX addresses on loopback dropped",
+		    test_loopback_dropped);
 	CU_add_test(s, "MX: null, NXDOMAIN, SERVFAIL, implicit, CNAME, dups",
 		    test_mx_cases);
 	CU_add_test(s, "MX: answer larger than the first buffer", test_mx_big_answer);

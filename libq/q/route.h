@@ -16,7 +16,15 @@
  *     as in 1 (MX targets that are IP addresses are ignored, as Exim
  *     does). No MX records: the domain's own addresses (implicit MX,
  *     RFC 5321 5.1). A null MX ("." with preference 0, RFC 7505):
- *     permanent failure.
+ *     permanent failure. Names from the DNS (MX targets, the domain as
+ *     implicit MX) not in hosts_file go to getaddrinfo as absolute
+ *     names ("name.": no resolver search list, RFC 5321 5.1), and the
+ *     loopback or unspecified addresses it gives for them (127.0.0.0/8,
+ *     0.0.0.0/8, ::1, ::, also IPv4-mapped) are dropped, as Exim's
+ *     ignore_target_hosts does; a host left with none is a permanent
+ *     failure ("resolves only to loopback/unspecified addresses").
+ *     Route-line names, hosts_file entries and literals are used as
+ *     they are.
  * Names under ".invalid" never resolve (RFC 6761 6.4) and are answered
  * at once without a query, so tests behave the same offline and online.
  *
@@ -31,7 +39,8 @@
  *                       TRY_AGAIN): defer under retry key R:<domain> with
  *                       kind "lookup"; *error_r says why.
  *   Q_ROUTE_PERMANENT   the domain cannot receive mail (NXDOMAIN, no MX
- *                       and no address records, null MX): bounce;
+ *                       and no address records, null MX, MX hosts only
+ *                       on loopback/unspecified addresses): bounce;
  *                       *error_r says why.
  *   -1                  a local failure (out of memory, hosts_file not
  *                       readable): not the domain's fault; defer.
