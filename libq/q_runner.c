@@ -1528,8 +1528,12 @@ static enum send_result job_send(struct worker *w, struct dest *d,
 	 * error, 421) is the IP's: its retry record, and no more of it in
 	 * this run. */
 	time_t host_next = 0;
+	/* a refusal of MAIL (other than 421) is the server's answer about
+	   this sender, even when it then hangs up: not the IP's failure,
+	   and nothing to send again on a new connection */
+	bool mail_refused = strncmp(e.kind, "mail_", 5) == 0 && e.code != 421;
 	bool host_fault = broken && !e.permanent && !idle_drop &&
-			  strcmp(e.kind, "local") != 0;
+			  !mail_refused && strcmp(e.kind, "local") != 0;
 	bool host_timed_out = false;
 	if (host_fault) {
 		host_next = host_failed(r, d, cs->hidx, &e, m->arrival, NULL,
@@ -1550,7 +1554,7 @@ static enum send_result job_send(struct worker *w, struct dest *d,
 	/* Nothing decided and the final dot never went out: the server
 	 * cannot have accepted it. Send it again on a new connection (to
 	 * the next IP when this one failed). */
-	if (broken && none && !e.permanent && before_dot &&
+	if (broken && none && !e.permanent && before_dot && !mail_refused &&
 	    j->requeued < MAX_REQUEUE) {
 		for (size_t k = 0; k < n; k++)
 			free(texts[k]);

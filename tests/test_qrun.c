@@ -2260,6 +2260,55 @@ static void test_bounce_marks_f(void)
 	srv_stop(&s);
 }
 
+/* A server that refuses one sender at MAIL and hangs up (Exim's drop
+ * ACL): that sender's message fails (5xx) or is deferred by its own
+ * address record (4xx); the IP gets no retry record, so the next
+ * sender's message goes through on a new connection in the same run. */
+static void test_mail_refused_close(void)
+{
+	static const struct {
+		const char *reply;
+		bool permanent;
+	} cases[] = {
+		{"550 5.7.1 sender rejected", true},
+		{"451 4.7.1 sender deferred", false},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct ctx c;
+		struct srv s;
+		struct t_out o;
+		char id1[Q_ID_LEN + 1], id2[Q_ID_LEN + 1], script[128], key[128];
+
+		snprintf(script, sizeof(script), "conn 1\nmail: %s; close\n",
+			 cases[i].reply);
+		CU_ASSERT_FATAL(ctx_init(&c) == 0);
+		CU_ASSERT_FATAL(srv_start(&s, &c, "srv", 0, script, NULL) == 0);
+		ctx_hosts(&c, "127.0.0.1 mx.test\n");
+		ctx_conf(&c, "route * = mx.test:%u\n", s.port[0]);
+		CU_ASSERT_FATAL(submit(&c, "bad@sender.test", "x@d.test", NULL,
+				       id1) == 0);
+		CU_ASSERT_FATAL(submit(&c, "good@sender.test", "y@d.test", NULL,
+				       id2) == 0);
+		CU_ASSERT_EQUAL(QRUN(&c, &o, "-P", "1", NULL), 0);
+		CU_ASSERT_EQUAL(jnum(o.out, "delivered"), 1);
+		CU_ASSERT_EQUAL(jnum(o.out, "failed"), cases[i].permanent ? 1 : 0);
+		CU_ASSERT_EQUAL(jnum(o.out, "deferred"), cases[i].permanent ? 0 : 1);
+		CU_ASSERT_EQUAL(jnum(o.out, "connections"), 2);
+		t_out_free(&o);
+		char *rj = retry_json(&c);
+		CU_ASSERT_EQUAL(count_host_keys(rj), 0);
+		snprintf(key, sizeof(key), "x@d.test:%s", id1);
+		CU_ASSERT_STRING_EQUAL(retry_kind(rj, key),
+				       cases[i].permanent ? "" : "mail_4xx");
+		free(rj);
+		/* the refused one was asked once, never sent again */
+		CU_ASSERT_EQUAL(rec_count(&s, "cmd", "MAIL FROM:<bad@"), 1);
+		CU_ASSERT_EQUAL(rec_count(&s, "cmd", "MAIL FROM:<good@"), 1);
+		srv_stop(&s);
+		CU_ASSERT_EQUAL(sstat(&s, "msgs"), 1);
+	}
+}
+
 /* max_rcpt splits a message's recipients into several transactions */
 static void test_max_rcpt(void)
 {
@@ -2671,6 +2720,8 @@ void suite_qrun(void)
 		    test_bounce_owed);
 	CU_add_test(s, "a failure is X until its bounce is queued, then F",
 		    test_bounce_marks_f);
+	CU_add_test(s, "MAIL refused and a hang-up: the sender's, not the IP's",
+		    test_mail_refused_close);
 	CU_add_test(s, "max_rcpt = 2: five recipients in three transactions", test_max_rcpt);
 	CU_add_test(s, "452/552 too many recipients: the rest at once, no retry record",
 		    test_rcpt_limit);
