@@ -29,8 +29,12 @@
  *      first G interval after a run of 15m F
  *      intervals is `start`, and G never goes below `start`.
  *   4. The interval is capped at interval_max (retry_interval_max,
- *      default 24h): next_try = min(next_try, now + interval_max).
+ *      default 24h, never more than Q_RETRY_INTERVAL_LIMIT, 3d12h):
+ *      next_try = min(next_try, now + interval_max).
  *   5. last_try = now.
+ *  Every sum and difference of times saturates (at the ends of time_t),
+ *  so no rule, interval_max, record or clock makes next_try wrap: it is
+ *  always in [now, the largest time_t], non-negative when now is.
  *  Example, default rule, failures at every next try from t=0:
  *   0,15m,...,2h (F), then +1h, +1.5h, +2.25h, +3.375h,... until 16h,
  *   then every 6h; a failure more than 4d after the first is expired.
@@ -639,11 +643,37 @@ int q_retry_rec_decode(const void *val, size_t len, struct q_retry_rec *r,
 	return 0;
 }
 
+/* Saturating arithmetic on times: the operands may come from a damaged
+ * record, a rule with absurd times or a clock at the end of time_t, and
+ * a sum or difference must never wrap (undefined behaviour, and a
+ * next_try in the past). TIME_HI is the largest time_t (signed, 32 or
+ * 64 bits). */
+#define TIME_HI ((long long)(sizeof(time_t) >= sizeof(long long) ? \
+			    LLONG_MAX : INT32_MAX))
+
+static long long sat_add(long long a, long long b)
+{
+	if (b > 0 && a > LLONG_MAX - b)
+		return LLONG_MAX;
+	if (b < 0 && a < LLONG_MIN - b)
+		return LLONG_MIN;
+	return a + b;
+}
+
+static long long sat_sub(long long a, long long b)
+{
+	if (b < 0 && a > LLONG_MAX + b)
+		return LLONG_MAX;
+	if (b > 0 && a < LLONG_MIN + b)
+		return LLONG_MIN;
+	return a - b;
+}
+
 void q_retry_compute(struct q_retry_rec *rec, const struct q_retry_rule *rule,
 		     long long interval_max, time_t now)
 {
 	const struct q_retry_algo *a = NULL;
-	long long failing, ival;
+	long long failing, ival, next;
 	size_t i;
 
 	assert(rec != NULL);
@@ -651,26 +681,29 @@ void q_retry_compute(struct q_retry_rec *rec, const struct q_retry_rule *rule,
 		rule = &default_rule;
 	if (interval_max <= 0)
 		interval_max = DEFAULT_INTERVAL_MAX;
+	if (interval_max > Q_RETRY_INTERVAL_LIMIT)
+		interval_max = Q_RETRY_INTERVAL_LIMIT;
 
 	/* A damaged record can hold any times; ones that no real failure
-	 * could have written (negative, or more than a year ahead of now)
-	 * start the record again instead of overflowing the arithmetic. */
+	 * could have written (negative, or more than a year ahead of now;
+	 * an interval is at most Q_RETRY_INTERVAL_LIMIT) start the record
+	 * again instead of overflowing the arithmetic. */
 	const long long year = 366LL * 86400;
 	if ((long long)rec->first_failed < 0 || (long long)rec->last_try < 0 ||
 	    (long long)rec->next_try < 0 ||
-	    (long long)rec->first_failed > (long long)now + year ||
-	    (long long)rec->last_try > (long long)now + year ||
-	    (long long)rec->next_try > (long long)now + 2 * year)
+	    (long long)rec->first_failed > sat_add(now, year) ||
+	    (long long)rec->last_try > sat_add(now, year) ||
+	    (long long)rec->next_try > sat_add(now, 2 * year))
 		rec->first_failed = 0;
 	if (rec->first_failed == 0 ||
 	    (rec->last_try != 0 &&
-	     (long long)now - (long long)rec->last_try > Q_RETRY_DATA_EXPIRE)) {
+	     sat_sub(now, rec->last_try) > Q_RETRY_DATA_EXPIRE)) {
 		rec->first_failed = now;
 		rec->last_try = now;
 		rec->next_try = now;
 		rec->expired = false;
 	}
-	failing = (long long)now - (long long)rec->first_failed;
+	failing = sat_sub(now, rec->first_failed);
 	for (i = 0; i < rule->nalgo; i++) {
 		if (failing <= rule->algo[i].cutoff) {
 			a = &rule->algo[i];
@@ -690,8 +723,8 @@ void q_retry_compute(struct q_retry_rec *rec, const struct q_retry_rule *rule,
 	} else if (a->type == 'F') {
 		ival = a->p1;
 	} else {
-		long long predicted = (long long)rec->next_try - (long long)rec->last_try;
-		long long actual = (long long)now - (long long)rec->last_try;
+		long long predicted = sat_sub(rec->next_try, rec->last_try);
+		long long actual = sat_sub(now, rec->last_try);
 		long long lastgap = predicted < actual ? predicted : actual;
 
 		if (lastgap < a->p1) {
@@ -709,8 +742,11 @@ void q_retry_compute(struct q_retry_rec *rec, const struct q_retry_rule *rule,
 	}
 	if (ival > interval_max)
 		ival = interval_max;
+	next = sat_add(now, ival);
+	if (next > TIME_HI)
+		next = TIME_HI;
 	rec->last_try = now;
-	rec->next_try = (time_t)((long long)now + ival);
+	rec->next_try = (time_t)next;
 }
 
 bool q_retry_due(const struct q_retry_rec *rec, time_t now)

@@ -13,6 +13,7 @@
 #include "tlib.h"
 
 #include <CUnit/CUnit.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -227,6 +228,102 @@ static void test_due_and_use(void)
 	CU_ASSERT_FALSE(q_retry_try_after_cutoff(&rec, T0));
 	rec.expired = false;
 	CU_ASSERT_FALSE(q_retry_try_after_cutoff(&rec, T0 + 1));
+}
+
+/* Times at the edges: huge intervals in rules, huge factors, a huge
+ * interval_max, a clock near the ends of time_t. Each case fails at the
+ * next try, again and again; every step must give the interval in its
+ * table (next_try - now, never wrapped, never past the end of time_t),
+ * keep first_failed (a record it wrote is never later taken for a
+ * damaged one and restarted, or forgotten as older than retry_data_expire),
+ * and set expired as the table says. One interval is at most 3d12h (half
+ * of retry_data_expire) whatever interval_max says. */
+#define LIMIT (3 * D + 12 * H)
+#define TMAX ((long long)LLONG_MAX)
+
+struct ostep {
+	long long ival;      /* expected next_try - now; END terminates */
+	int expired;
+};
+
+struct ocase {
+	const char *name;
+	const char *algos;
+	long long imax;
+	long long now0;      /* absolute time of the first failure */
+	struct ostep s[5];
+};
+
+static const struct ocase ocases[] = {
+	{ "interval of LLONG_MAX seconds, interval_max LLONG_MAX",
+	  "F,1h,9223372036854775807s", LLONG_MAX, T0,
+	  { { LIMIT, 0 }, { LIMIT, 1 }, { LIMIT, 1 }, { END, 0 } } },
+	{ "interval of 99999999999d, interval_max LLONG_MAX",
+	  "F,1h,99999999999d", LLONG_MAX, T0,
+	  { { LIMIT, 0 }, { LIMIT, 1 }, { LIMIT, 1 }, { END, 0 } } },
+	{ "interval of 99999999999d, default interval_max",
+	  "F,1h,99999999999d", 0, T0,
+	  { { D, 0 }, { D, 1 }, { END, 0 } } },
+	{ "huge factor, interval_max LLONG_MAX (expired after 4d)",
+	  "G,4d,1h,999999", LLONG_MAX, T0,
+	  { { H, 0 }, { LIMIT, 0 }, { LIMIT, 0 }, { LIMIT, 1 }, { END, 0 } } },
+	{ "interval_max of 2 years is a year",
+	  "G,3650d,1d,100", 2 * LIMIT, T0,
+	  { { D, 0 }, { LIMIT, 0 }, { END, 0 } } },
+	{ "cutoff of 99999999999d", "F,99999999999d,1s", 0, T0,
+	  { { 1, 0 }, { 1, 0 }, { END, 0 } } },
+	{ "cutoff of LLONG_MAX seconds", "F,9223372036854775807s,1h", 0, T0,
+	  { { H, 0 }, { H, 0 }, { END, 0 } } },
+	{ "clock 100 s before the end of time_t", NULL, 0, TMAX - 100,
+	  { { 100, 0 }, { 0, 0 }, { 0, 0 }, { END, 0 } } },
+	{ "clock at the end of time_t", "F,1h,10m", LLONG_MAX, TMAX,
+	  { { 0, 0 }, { 0, 0 }, { END, 0 } } },
+	{ "G near the end of time_t", "G,1d,1h,2", 0, TMAX - 2 * H,
+	  { { H, 0 }, { H, 0 }, { 0, 0 }, { END, 0 } } },
+	{ "clock near the start of time_t", "F,1h,10m", 0, LLONG_MIN + 10,
+	  { { 600, 0 }, { END, 0 } } },
+};
+
+static void test_compute_overflow(void)
+{
+	size_t i, j;
+
+	for (i = 0; i < sizeof(ocases) / sizeof(ocases[0]); i++) {
+		const struct ocase *c = &ocases[i];
+		struct q_retry_rule rule;
+		struct q_retry_rec rec;
+		time_t now = (time_t)c->now0;
+
+		parse_rule(c->algos, &rule);
+		memset(&rec, 0, sizeof(rec));
+		for (j = 0; c->s[j].ival != END; j++) {
+			long long ival;
+
+			q_retry_compute(&rec, &rule, c->imax, now);
+			/* in long double: a wrapped next_try shows as such
+			 * without overflowing the test's own arithmetic */
+			ival = (long long)((long double)rec.next_try -
+					   (long double)now);
+			if (ival != c->s[j].ival || rec.next_try < now ||
+			    (now >= 0 && rec.next_try < 0) ||
+			    rec.last_try != now ||
+			    rec.first_failed != (time_t)c->now0 ||
+			    rec.expired != (c->s[j].expired != 0)) {
+				fprintf(stderr, "\n  case \"%s\" step %zu: next_try "
+					"%lld (interval %lld) expired %d "
+					"first_failed %lld, want interval %lld "
+					"expired %d first_failed %lld\n", c->name,
+					j, (long long)rec.next_try, ival,
+					rec.expired, (long long)rec.first_failed,
+					c->s[j].ival, c->s[j].expired, c->now0);
+				CU_FAIL("overflow case");
+				break;
+			}
+			now = rec.next_try;
+		}
+		if (c->algos != NULL)
+			q_retry_rule_clear(&rule);
+	}
 }
 
 /* ------------------------------------------------------------------ */
@@ -794,6 +891,8 @@ void suite_retry(void)
 	CU_add_test(s, "next try: a dead host's life, default rule",
 		    test_compute_default_life);
 	CU_add_test(s, "due, host use, delay_after_cutoff", test_due_and_use);
+	CU_add_test(s, "next try: huge times and a clock at the edges",
+		    test_compute_overflow);
 	CU_add_test(s, "algorithm list: table", test_parse_table);
 	CU_add_test(s, "algorithm list: every prefix", test_parse_prefixes);
 	CU_add_test(s, "error kinds: valid names", test_kind_valid);

@@ -87,7 +87,10 @@ Q_API int q_retry_rec_decode(const void *val, size_t len, struct q_retry_rec *r,
 
 /* The pure part: record a failure at `now` into rec (first_failed is set
  * when 0; last_try = now), and compute next_try and expired from rule and
- * interval_max (the cap on one interval; <= 0 means 24h). */
+ * interval_max (the cap on one interval; <= 0 means 24h; more than
+ * Q_RETRY_INTERVAL_LIMIT means Q_RETRY_INTERVAL_LIMIT). Time arithmetic
+ * saturates: now <= next_try <= the largest time_t, whatever the rule,
+ * interval_max, record or clock. */
 Q_API void q_retry_compute(struct q_retry_rec *rec, const struct q_retry_rule *rule,
 			   long long interval_max, time_t now);
 
@@ -105,6 +108,12 @@ Q_API bool q_retry_due(const struct q_retry_rec *rec, time_t now);
  * rule->algo/nalgo without freeing an earlier array. */
 #define Q_RETRY_DATA_EXPIRE (7 * 86400)
 #define Q_RETRY_TEXT_MAX 512
+/* The longest interval between two tries, the most retry_interval_max
+ * may be (3d12h). A longer one would let the record outlive
+ * Q_RETRY_DATA_EXPIRE before its next try: it would be forgotten, its
+ * first failure with it, and the destination would never expire. Half
+ * leaves as long again for a late queue run. */
+#define Q_RETRY_INTERVAL_LIMIT ((long long)Q_RETRY_DATA_EXPIRE / 2)
 
 /* The last cutoff of a rule (0 when it has no algorithms: no retries). */
 Q_API long long q_retry_final_cutoff(const struct q_retry_rule *rule);
