@@ -53,7 +53,7 @@ enum opt_type {
 	OPT_IP,         /* char *; an IP address, empty = unset */
 	OPT_UINT,       /* unsigned within [min, max] */
 	OPT_INT,        /* long long, may be negative */
-	OPT_TIME,       /* long long seconds >= min */
+	OPT_TIME,       /* long long seconds >= min, <= max when max > 0 */
 	OPT_BOOL,
 	OPT_HOSTLIST,   /* struct q_hostlist */
 	OPT_HOSTS,      /* struct q_hostspec * + size_t count (fallback_hosts) */
@@ -99,7 +99,7 @@ static const struct opt opts[] = {
 	O(interface, OPT_IP, 0, 0),
 	O(remote_max_parallel, OPT_UINT, 1, UINT_MAX),
 	O(queue_run_max, OPT_UINT, 0, UINT_MAX),
-	O(retry_interval_max, OPT_TIME, 1, 0),
+	O(retry_interval_max, OPT_TIME, 1, Q_RETRY_INTERVAL_LIMIT),
 	O(journal_sync, OPT_BOOL, 0, 0),
 };
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))
@@ -903,6 +903,12 @@ static int set_option(struct parser *p, const struct opt *o, char *v)
 			return bad_value(p, o, "a time such as 30s, 5m, 2h", v);
 		if (n < o->min)
 			return PERR(p, "%s: must not be zero", o->name);
+		if (o->max > 0 && n > o->max) {
+			char b[32];
+
+			return PERR(p, "%s: must be at most %s, not '%s'", o->name,
+				    q_time_format(o->max, b, sizeof(b)), shown(v));
+		}
 		*FIELD(c, o, long long) = n;
 		return 0;
 	case OPT_BOOL: {

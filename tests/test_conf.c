@@ -296,6 +296,12 @@ static void test_syntax(void)
 	CU_ASSERT_EQUAL(c->retry_interval_max, 90);
 	q_conf_free(&c);
 
+	/* the longest retry_interval_max allowed is accepted */
+	c = load_text("retry_interval_max = 3d12h\n", &err);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+	CU_ASSERT_EQUAL(c->retry_interval_max, 3 * 86400 + 12 * 3600);
+	q_conf_free(&c);
+
 	/* an empty value unsets a string and empties a list */
 	c = load_text("tls_verify_certificates =\nserialize_hosts =\n"
 		      "fallback_hosts =   \n", &err);
@@ -332,6 +338,16 @@ static const struct {
 	  "batch_max: expected a whole number (0 or more), not '1x'" },
 	{ "batch_max = 99999999999\n", 1,
 	  "batch_max: expected a whole number (0 or more)" },
+	/* retry_interval_max: at most 3d12h (Q_RETRY_INTERVAL_LIMIT); a
+	 * longer interval would outlive the retry data (7d) */
+	{ "port = 25\nretry_interval_max = 3d12h1s\n", 2,
+	  "retry_interval_max: must be at most 3d12h, not '3d12h1s'" },
+	{ "retry_interval_max = 1w\n", 1,
+	  "retry_interval_max: must be at most 3d12h, not '1w'" },
+	{ "# huge\n\nretry_interval_max = 9223372036854775807\n", 3,
+	  "retry_interval_max: must be at most 3d12h, not '9223372036854775807'" },
+	{ "retry_interval_max = 106751991167300d\n", 1,
+	  "retry_interval_max: must be at most 3d12h" },
 	{ "keepalive = maybe\n", 1,
 	  "keepalive: expected true or false (or yes/no, 1/0), not 'maybe'" },
 	{ "retry_include_ip_address =\n", 1,

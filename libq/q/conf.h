@@ -68,7 +68,7 @@ struct q_conf {
 	/* runner */
 	unsigned remote_max_parallel;    /* 2 */
 	unsigned queue_run_max;          /* 5 */
-	long long retry_interval_max;    /* 24h */
+	long long retry_interval_max;    /* 24h; 1..Q_RETRY_INTERVAL_LIMIT (3d12h) */
 	bool journal_sync;               /* true: a delivered message's
 					    journal is on disk before the
 					    message is removed (group syncs) */

@@ -7,7 +7,8 @@
  *  - never a crash or a leak; an error is "FILE:LINE: what" with a line
  *    number between 1 and the number of lines of the input (+1);
  *  - a loaded config is complete: the values the rest of qkit relies on
- *    (timeouts within their minimum, non-empty spool directory, every
+ *    (timeouts within their minimum, retry_interval_max within
+ *    Q_RETRY_INTERVAL_LIMIT, non-empty spool directory, every
  *    route with hosts, every retry rule with a pattern, a kind that
  *    q_retry_kind_valid accepts and increasing cutoffs);
  *  - q_conf_print's output loads again, and printing that gives the same
@@ -178,6 +179,9 @@ static void check_conf(const struct q_conf *c)
 	FZ_CHECK(c->connect_timeout >= 0 && c->command_timeout >= 1 &&
 		 c->data_timeout >= 1 && c->final_timeout >= 1 &&
 		 c->retry_interval_max >= 1, "a timeout below its minimum");
+	FZ_CHECK(c->retry_interval_max <= Q_RETRY_INTERVAL_LIMIT,
+		 "retry_interval_max %lld beyond its limit",
+		 c->retry_interval_max);
 	FZ_CHECK(c->hosts_max_try >= 1 && c->max_rcpt >= 1 &&
 		 c->serialize_max >= 1 && c->remote_max_parallel >= 1,
 		 "a count below its minimum");
