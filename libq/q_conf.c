@@ -1472,7 +1472,7 @@ void q_conf_print(const struct q_conf *c, FILE *f)
 			print_time(f, a->cutoff);
 			fputc(',', f);
 			print_time(f, a->p1);
-			if (a->type == 'G') {
+			if (a->type != 'F') {   /* G, H: the factor */
 				fputc(',', f);
 				print_factor(f, a->factor);
 			}

@@ -31,6 +31,14 @@
  *   4. The interval is capped at interval_max (retry_interval_max,
  *      default 24h, never more than Q_RETRY_INTERVAL_LIMIT, 3d12h):
  *      next_try = min(next_try, now + interval_max).
+ *      H,cutoff,start,factor (G's parameters): g is the interval G
+ *      would use here (steps 3 and 4, from this record, whose last gap
+ *      was H's own); the interval used is chosen in [max(g/2, start),
+ *      g] (g when the cap made g < start), "at random" but as a pure
+ *      function: a hash of the retry key, first_failed and now. The same
+ *      record, key and clock always give the same next try; hosts that
+ *      failed at the same moment spread out. Without a key
+ *      (q_retry_compute) the hash has only the times.
  *   5. last_try = now.
  *  Every sum and difference of times saturates (at the ends of time_t),
  *  so no rule, interval_max, record or clock makes next_try wrap: it is
@@ -436,9 +444,9 @@ int q_retry_parse_algos(const char *s, struct q_retry_rule *rule,
 		if (*p == ';')
 			return q_err(error_r, "item %u: empty", item);
 		letter = (char)toupper((unsigned char)*p);
-		if (letter != 'F' && letter != 'G')
+		if (letter != 'F' && letter != 'G' && letter != 'H')
 			return q_err(error_r, "item %u: unknown algorithm '%c' "
-				     "(F or G expected)", item, *p);
+				     "(F, G or H expected)", item, *p);
 		want = letter == 'F' ? 2 : 3;
 		what[0] = "cutoff";
 		what[1] = letter == 'F' ? "interval" : "first interval";
@@ -453,9 +461,9 @@ int q_retry_parse_algos(const char *s, struct q_retry_rule *rule,
 			p = skip_ws(p + 1);
 			if (nv == want)
 				return q_err(error_r, "item %u: %c takes %zu "
-					     "values (%s)", item, letter, want,
-					     letter == 'F' ? "F,cutoff,interval" :
-					     "G,cutoff,start,factor");
+					     "values (%c,cutoff,%s)", item, letter,
+					     want, letter, letter == 'F' ?
+					     "interval" : "start,factor");
 			q = take_token(p, tbuf, sizeof(tbuf));
 			if (q == NULL)
 				return q_err(error_r, "item %u: missing or "
@@ -474,11 +482,11 @@ int q_retry_parse_algos(const char *s, struct q_retry_rule *rule,
 			p = skip_ws(q);
 		}
 		if (nv < want)
-			return q_err(error_r, "item %u: %s needs %s", item,
-				     letter == 'F' ? "F" : "G",
-				     letter == 'F' ? "a cutoff and an interval "
-				     "(F,cutoff,interval)" : "a cutoff, a first "
-				     "interval and a factor (G,cutoff,start,factor)");
+			return q_err(error_r, "item %u: %c needs %s (%c,cutoff,%s)",
+				     item, letter, letter == 'F' ?
+				     "a cutoff and an interval" : "a cutoff, a "
+				     "first interval and a factor", letter,
+				     letter == 'F' ? "interval" : "start,factor");
 		if (*p != ';' && *p != '\0')
 			return q_err(error_r, "item %u: unexpected \"%.20s\" "
 				     "(';' expected)", item, p);
@@ -490,9 +498,9 @@ int q_retry_parse_algos(const char *s, struct q_retry_rule *rule,
 		if (a->p1 <= 0)
 			return q_err(error_r, "item %u: the %s must be greater "
 				     "than 0", item, what[1]);
-		if (letter == 'G' && !(a->factor > 1.0))
-			return q_err(error_r, "item %u: G needs a factor "
-				     "greater than 1", item);
+		if (letter != 'F' && !(a->factor > 1.0))
+			return q_err(error_r, "item %u: %c needs a factor "
+				     "greater than 1", item, letter);
 		if (n > 0 && a->cutoff <= algo[n - 1].cutoff) {
 			char b1[16], b2[16];
 
@@ -669,8 +677,45 @@ static long long sat_sub(long long a, long long b)
 	return a - b;
 }
 
+/* H's "random" number: FNV-1a (64 bits) over the key and the times of
+ * the failure (first_failed, now), then the 64-bit finaliser of
+ * MurmurHash3, so that every bit of the result depends on every input
+ * byte (FNV-1a alone leaves the last bytes, the clock's, weakly mixed).
+ * A pure function: the same key, record and clock give the same next
+ * try, and hosts that failed together get different ones. */
+static uint64_t h_hash(const char *key, long long first_failed, long long now)
+{
+	uint64_t h = 14695981039346656037ULL;
+	const long long t[2] = { first_failed, now };
+	size_t i;
+	int j;
+
+	for (; key != NULL && *key != '\0'; key++) {
+		h ^= (unsigned char)*key;
+		h *= 1099511628211ULL;
+	}
+	for (i = 0; i < 2; i++) {
+		for (j = 0; j < 64; j += 8) {
+			h ^= ((uint64_t)t[i] >> j) & 0xff;
+			h *= 1099511628211ULL;
+		}
+	}
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdULL;
+	h ^= h >> 33;
+	h *= 0xc4ceb9fe1a85ec53ULL;
+	h ^= h >> 33;
+	return h;
+}
+
 void q_retry_compute(struct q_retry_rec *rec, const struct q_retry_rule *rule,
 		     long long interval_max, time_t now)
+{
+	q_retry_compute_key(rec, rule, interval_max, NULL, now);
+}
+
+void q_retry_compute_key(struct q_retry_rec *rec, const struct q_retry_rule *rule,
+			 long long interval_max, const char *key, time_t now)
 {
 	const struct q_retry_algo *a = NULL;
 	long long failing, ival, next;
@@ -742,6 +787,18 @@ void q_retry_compute(struct q_retry_rec *rec, const struct q_retry_rule *rule,
 	}
 	if (ival > interval_max)
 		ival = interval_max;
+	if (a != NULL && a->type == 'H') {
+		/* G's interval g (capped), then one in [max(g/2, p1), g];
+		 * g itself when the cap put it below p1 */
+		long long lo = ival / 2;
+		long long floor1 = a->p1 < ival ? a->p1 : ival;
+		uint64_t span;
+
+		if (lo < floor1)
+			lo = floor1;
+		span = (uint64_t)(ival - lo) + 1;
+		ival = lo + (long long)(h_hash(key, rec->first_failed, now) % span);
+	}
 	next = sat_add(now, ival);
 	if (next > TIME_HI)
 		next = TIME_HI;
@@ -823,7 +880,7 @@ static int fail_fn(const void *old, size_t oldlen, struct q_buf *out, void *vctx
 			 "overwritten)", c->key, err);
 		return -1;
 	}
-	q_retry_compute(&c->rec, c->rule, c->interval_max, c->now);
+	q_retry_compute_key(&c->rec, c->rule, c->interval_max, c->key, c->now);
 	c->rec.err = c->err;
 	c->rec.code = c->code;
 	snprintf(c->rec.kind, sizeof(c->rec.kind), "%s",

@@ -417,6 +417,10 @@ static const struct {
 	{ "retry * * F,1h\n", 1, "retry * *: item 1: F needs a cutoff" },
 	{ "retry * * X,1h,5m\n", 1, "retry * *: item 1: unknown algorithm" },
 	{ "retry * * F,1h,5m; G,2h,1h,x\n", 1, "retry * *: item 2: bad factor" },
+	{ "retry * * F,1h,5m\nretry * * H,4d,1h\n", 2,
+	  "retry * *: item 1: H needs a cutoff, a first interval and a factor" },
+	{ "retry * * H,4d,1h,1\n", 1,
+	  "retry * *: item 1: H needs a factor greater than 1" },
 	{ "retry * * F,2h,15m; F,1h,5m\n", 1, "retry * *: item 2" },
 	{ "retry (x) * F,2h,15m\n", 1, "retry: '(x)' is not a host, domain or "
 	  "address pattern" },
@@ -534,6 +538,8 @@ static void round_trip(const char *text)
 	for (size_t i = 0; i < c1->nretry && i < c2->nretry; i++) {
 		CU_ASSERT_EQUAL(c1->retry[i].nalgo, c2->retry[i].nalgo);
 		for (size_t j = 0; j < c1->retry[i].nalgo; j++) {
+			CU_ASSERT_EQUAL(c1->retry[i].algo[j].type,
+					c2->retry[i].algo[j].type);
 			CU_ASSERT_EQUAL(c1->retry[i].algo[j].cutoff,
 					c2->retry[i].algo[j].cutoff);
 			CU_ASSERT_EQUAL(c1->retry[i].algo[j].p1,
@@ -563,6 +569,10 @@ static void test_round_trip(void)
 		   "retry *@example.org rcpt_4xx F,1h,1m\n"
 		   "retry postmaster@example.org * F,1d,1h\n"
 		   "route *.v6.example = [::1]:2525\n");
+	/* Exim's H algorithm (G's parameters) */
+	round_trip("retry * * H,4d,1h,1.5\n"
+		   "retry *.example.net refused F,2h,15m; h,16h,1h,2.0004; "
+		   "H,4d,6h,1.25\n");
 }
 
 static void test_print(void)
@@ -595,6 +605,23 @@ static void test_print(void)
 	CU_ASSERT_PTR_NOT_NULL_FATAL(c);
 	p = print_conf(c);
 	CU_ASSERT_PTR_NOT_NULL(strstr(p, "\nretry * refused G,2d,10m,2.091; G,3d,1h,1.25\n"));
+	free(p);
+	q_conf_free(&c);
+
+	/* an H rule prints as written, factor included */
+	c = load_text("retry * * H,4d,1h,1.5\n"
+		      "retry *.example.net refused F,2h,15m; h,16h,60m,2.0004\n",
+		      NULL);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+	CU_ASSERT_EQUAL_FATAL(c->nretry, 2);
+	CU_ASSERT_EQUAL_FATAL(c->retry[0].nalgo, 1);
+	CU_ASSERT_EQUAL(c->retry[0].algo[0].type, 'H');
+	CU_ASSERT_EQUAL(c->retry[0].algo[0].cutoff, 4 * 86400);
+	CU_ASSERT_EQUAL(c->retry[0].algo[0].p1, 3600);
+	CU_ASSERT_DOUBLE_EQUAL(c->retry[0].algo[0].factor, 1.5, 1e-12);
+	p = print_conf(c);
+	CU_ASSERT_PTR_NOT_NULL(strstr(p, "\nretry * * H,4d,1h,1.5\n"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(p, "\nretry *.example.net refused F,2h,15m; H,16h,1h,2\n"));
 	free(p);
 	q_conf_free(&c);
 }

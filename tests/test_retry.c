@@ -326,6 +326,219 @@ static void test_compute_overflow(void)
 	}
 }
 
+/* H: G's interval g, then one in [max(g/2, start), g] (g when the cap
+ * put g below start), chosen by a hash of the key and the record's
+ * times. For a sweep of records (elapsed time, last gap, lateness) under
+ * several rules, the H result is compared with what the same rule
+ * written with G gives for the same record: same expired flag, same
+ * last_try, an interval within the bounds; over the sweep the intervals
+ * must not all sit at one end (the choice is really spread). */
+struct hcase {
+	const char *h, *g;   /* the rule with H, and with G in its place */
+	long long imax;
+};
+
+static const struct hcase hcases[] = {
+	{ "H,4d,1h,1.5", "G,4d,1h,1.5", 0 },
+	{ "H,16h,10m,2", "G,16h,10m,2", 0 },
+	{ "F,2h,15m; H,16h,1h,1.5; F,4d,6h", "F,2h,15m; G,16h,1h,1.5; F,4d,6h", 0 },
+	{ "H,30d,1h,3", "G,30d,1h,3", 5 * H },      /* capped */
+	{ "H,1d,2h,1.1", "G,1d,2h,1.1", H },        /* cap below start */
+	{ "H,2d,1s,1.001", "G,2d,1s,1.001", 0 },    /* tiny intervals */
+};
+
+static void h_bounds(const struct q_retry_algo *a, long long g,
+		     long long *lo_r)
+{
+	long long lo = g / 2, p1 = a->p1 < g ? a->p1 : g;
+
+	*lo_r = lo > p1 ? lo : p1;
+}
+
+static void test_compute_h(void)
+{
+	static const long long elapsed[] = { 0, 1, 30 * M, 3 * H, 15 * H, 3 * D, 5 * D };
+	static const long long gaps[] = { 0, 1, 10 * M, H, 2 * H, 7 * H, 20 * H };
+	static const long long late[] = { 0, 7, 40 * M };
+	static const char *const keys[] = { "T:mx.example.com:192.0.2.1", NULL };
+	size_t i, e, g, l, k;
+	unsigned n = 0, nrange = 0, at_g = 0, at_lo = 0, inside = 0;
+
+	for (i = 0; i < sizeof(hcases) / sizeof(hcases[0]); i++) {
+		struct q_retry_rule rh, rg;
+
+		parse_rule(hcases[i].h, &rh);
+		parse_rule(hcases[i].g, &rg);
+		for (e = 0; e < sizeof(elapsed) / sizeof(elapsed[0]); e++)
+		for (g = 0; g < sizeof(gaps) / sizeof(gaps[0]); g++)
+		for (l = 0; l < sizeof(late) / sizeof(late[0]); l++)
+		for (k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
+			struct q_retry_rec rech, recg;
+			time_t now = T0 + elapsed[e] + gaps[g] + late[l];
+			long long ih, ig, lo;
+			const struct q_retry_algo *a = NULL;
+			size_t j;
+
+			memset(&rech, 0, sizeof(rech));
+			if (elapsed[e] + gaps[g] > 0) {
+				rech.first_failed = T0;
+				rech.last_try = T0 + elapsed[e];
+				rech.next_try = T0 + elapsed[e] + gaps[g];
+			}
+			recg = rech;
+			q_retry_compute_key(&rech, &rh, hcases[i].imax, keys[k], now);
+			q_retry_compute(&recg, &rg, hcases[i].imax, now);
+			ih = (long long)(rech.next_try - now);
+			ig = (long long)(recg.next_try - now);
+			for (j = 0; j < rh.nalgo && a == NULL; j++)
+				if (now - rech.first_failed <= rh.algo[j].cutoff)
+					a = &rh.algo[j];
+			if (a == NULL)
+				a = &rh.algo[rh.nalgo - 1];
+			if (a->type != 'H') {
+				/* F parts of the rule: exactly as G's twin */
+				CU_ASSERT_EQUAL(ih, ig);
+				continue;
+			}
+			h_bounds(a, ig, &lo);
+			n++;
+			if (lo + 2 < ig) {   /* a range to choose from */
+				nrange++;
+				at_g += ih == ig;
+				at_lo += ih == lo;
+				inside += ih > lo && ih < ig;
+			}
+			if (ih < lo || ih > ig || rech.expired != recg.expired ||
+			    rech.last_try != now || rech.first_failed != recg.first_failed) {
+				fprintf(stderr, "\n  H case \"%s\" elapsed %lld gap %lld "
+					"late %lld key %s: interval %lld, want "
+					"[%lld, %lld]\n", hcases[i].h, elapsed[e],
+					gaps[g], late[l], keys[k] ? keys[k] : "-",
+					ih, lo, ig);
+				CU_FAIL("H out of bounds");
+			}
+		}
+		q_retry_rule_clear(&rh);
+		q_retry_rule_clear(&rg);
+	}
+	/* spread: where there is a range (g above the floor; G gives
+	 * start after a gap shorter than start, and then H has no choice),
+	 * most land strictly inside it */
+	CU_ASSERT(n >= 300 && nrange >= 100);
+	CU_ASSERT(inside > nrange * 3 / 4);
+	CU_ASSERT(at_g < nrange / 8 && at_lo < nrange / 8);
+	if (!(inside > nrange * 3 / 4))
+		fprintf(stderr, "\n  H: %u results, %u with a range: %u inside, "
+			"%u at g, %u at the floor\n", n, nrange, inside, at_g,
+			at_lo);
+}
+
+/* A host failing at each next try for its whole life under an H rule:
+ * every interval within the bounds of G's interval for that record,
+ * expiry at the cutoff as for G; and the same life again gives the same
+ * next tries (no hidden state, no real randomness). */
+static void h_life(const char *key, long long *out, size_t n)
+{
+	struct q_retry_rule rh, rg;
+	struct q_retry_rec rec;
+	time_t now = T0;
+	size_t i;
+
+	parse_rule("F,2h,15m; H,16h,1h,1.5; H,4d,6h,1.2", &rh);
+	parse_rule("F,2h,15m; G,16h,1h,1.5; G,4d,6h,1.2", &rg);
+	memset(&rec, 0, sizeof(rec));
+	for (i = 0; i < n; i++) {
+		struct q_retry_rec g = rec;
+		long long ih, ig, lo;
+		bool in_h = now - T0 > 2 * H;
+
+		q_retry_compute(&g, &rg, 0, now);
+		q_retry_compute_key(&rec, &rh, 0, key, now);
+		ih = (long long)(rec.next_try - now);
+		ig = (long long)(g.next_try - now);
+		lo = ig / 2 > (now - T0 <= 16 * H ? H : 6 * H) ?
+			ig / 2 : (now - T0 <= 16 * H ? H : 6 * H);
+		if (lo > ig)
+			lo = ig;
+		CU_ASSERT_EQUAL(rec.expired, g.expired);
+		CU_ASSERT_EQUAL(rec.expired, now - T0 > 4 * D);
+		if (in_h && (ih < lo || ih > ig)) {
+			fprintf(stderr, "\n  H life %s step %zu at %lld: interval "
+				"%lld, want [%lld, %lld]\n", key, i,
+				(long long)(now - T0), ih, lo, ig);
+			CU_FAIL("H life out of bounds");
+		}
+		if (!in_h)
+			CU_ASSERT_EQUAL(ih, 15 * M);
+		out[i] = (long long)(rec.next_try - T0);
+		now = rec.next_try;
+	}
+	q_retry_rule_clear(&rh);
+	q_retry_rule_clear(&rg);
+}
+
+static void test_compute_h_life(void)
+{
+	long long a[60], b[60], c[60];
+
+	h_life("T:mx1.example.com:192.0.2.1", a, 60);
+	h_life("T:mx1.example.com:192.0.2.1", b, 60);
+	h_life("T:mx2.example.com:192.0.2.2", c, 60);
+	CU_ASSERT(memcmp(a, b, sizeof(a)) == 0);     /* deterministic */
+	CU_ASSERT(memcmp(a, c, sizeof(a)) != 0);     /* another host differs */
+	CU_ASSERT(a[59] > 4 * D);                    /* it reached expiry */
+}
+
+/* The same record and clock for 32 hosts: H gives each key its own next
+ * try (within a range of 2701 seconds, nearly all distinct); each key
+ * gives the same answer every time, and so does q_retry_fail's record. */
+static void test_compute_h_keys(void)
+{
+	struct q_retry_rule rh;
+	time_t first[32];
+	unsigned distinct = 0;
+	size_t i, j;
+
+	parse_rule("H,4d,1h,1.5", &rh);
+	for (i = 0; i < 32; i++) {
+		char key[64];
+		struct q_retry_rec r1, r2;
+
+		snprintf(key, sizeof(key), "T:mx%zu.example.com:192.0.2.%zu", i, i);
+		memset(&r1, 0, sizeof(r1));
+		r1.first_failed = T0;
+		r1.last_try = T0 + 3 * H;
+		r1.next_try = T0 + 4 * H;          /* last gap 1h: g = 1.5h */
+		r2 = r1;
+		q_retry_compute_key(&r1, &rh, 0, key, T0 + 4 * H);
+		q_retry_compute_key(&r2, &rh, 0, key, T0 + 4 * H);
+		CU_ASSERT_EQUAL(r1.next_try, r2.next_try);
+		CU_ASSERT(r1.next_try - (T0 + 4 * H) >= 45 * M &&
+			  r1.next_try - (T0 + 4 * H) <= 90 * M);
+		first[i] = r1.next_try;
+		for (j = 0; j < i && first[j] != first[i]; j++)
+			;
+		distinct += j == i;
+	}
+	CU_ASSERT(distinct >= 28);
+	if (distinct < 28)
+		fprintf(stderr, "\n  H: %u distinct next tries of 32\n", distinct);
+	/* and q_retry_compute (no key) is deterministic too */
+	{
+		struct q_retry_rec r1, r2;
+
+		memset(&r1, 0, sizeof(r1));
+		r1.first_failed = T0;
+		r1.last_try = T0 + 3 * H;
+		r1.next_try = T0 + 4 * H;
+		r2 = r1;
+		q_retry_compute(&r1, &rh, 0, T0 + 5 * H);
+		q_retry_compute(&r2, &rh, 0, T0 + 5 * H);
+		CU_ASSERT_EQUAL(r1.next_try, r2.next_try);
+	}
+	q_retry_rule_clear(&rh);
+}
+
 /* ------------------------------------------------------------------ */
 /* parsing the algorithm list */
 
@@ -353,7 +566,14 @@ static const struct pcase pcases[] = {
 	{ "F,2h,15m; G,16h,1h,0.5", "item 2: G needs a factor greater than 1", 0, { { 0, 0, 0, 0 } } },
 	{ "F,2h,15m; G,1h,1h,1.5", "item 2: cutoff 1h is not after the previous cutoff 2h", 0, { { 0, 0, 0, 0 } } },
 	{ "F,2h,15m; F,2h,15m", "item 2: cutoff 2h is not after", 0, { { 0, 0, 0, 0 } } },
-	{ "F,2h,15m; G,16h,1h,1.5; F,4d,6h; H,5d,1h,2", "item 4: unknown algorithm 'H'", 0, { { 0, 0, 0, 0 } } },
+	{ "H,4d,1h,1.5", NULL, 1, { { 'H', 345600, 3600, 1.5 } } },
+	{ "F,2h,15m; h,16h,1h,2; H,4d,6h,1.0995", NULL, 3,
+	  { { 'F', 7200, 900, 0 }, { 'H', 57600, 3600, 2 }, { 'H', 345600, 21600, 1.1 } } },
+	{ "H,16h,1h", "item 1: H needs a cutoff, a first interval and a factor (H,cutoff,start,factor)", 0, { { 0, 0, 0, 0 } } },
+	{ "H,16h,1h,1.5,2", "item 1: H takes 3 values (H,cutoff,start,factor)", 0, { { 0, 0, 0, 0 } } },
+	{ "H,16h,1h,1", "item 1: H needs a factor greater than 1", 0, { { 0, 0, 0, 0 } } },
+	{ "H,16h,0,2", "item 1: the first interval must be greater than 0", 0, { { 0, 0, 0, 0 } } },
+	{ "F,2h,15m; G,16h,1h,1.5; F,4d,6h; X,5d,1h,2", "item 4: unknown algorithm 'X' (F, G or H expected)", 0, { { 0, 0, 0, 0 } } },
 	{ "F,2h", "item 1: F needs a cutoff and an interval", 0, { { 0, 0, 0, 0 } } },
 	{ "F 2h 15m", "item 1: F needs a cutoff and an interval", 0, { { 0, 0, 0, 0 } } },
 	{ "F,2h,15m,3", "item 1: F takes 2 values", 0, { { 0, 0, 0, 0 } } },
@@ -804,6 +1024,42 @@ static void test_db_fail_get_clear(void)
 	q_hints_close(&h);
 }
 
+/* q_retry_fail hands its key to H: the stored next tries are those of
+ * q_retry_compute_key with that key, and two hosts failing at the same
+ * moments end up with different ones. */
+static void test_db_h_key(void)
+{
+	struct q_hints *h = open_hints();
+	static const char *const keys[] = { "T:a.example:192.0.2.1",
+					    "T:b.example:192.0.2.2" };
+	struct q_retry_rule rh;
+	struct q_retry_rec got[2], model;
+	const char *err = NULL;
+	size_t k;
+	int step;
+
+	parse_rule("H,4d,10m,3", &rh);
+	memset(got, 0, sizeof(got));
+	for (k = 0; k < 2; k++) {
+		memset(&model, 0, sizeof(model));
+		for (step = 0; step < 4; step++) {
+			time_t now = T0 + step * 2 * H;
+
+			q_retry_compute_key(&model, &rh, 0, keys[k], now);
+			CU_ASSERT_EQUAL(q_retry_fail(h, keys[k], &rh, 0, "refused",
+						     0, 111, NULL, now, &got[k],
+						     &err), 0);
+			CU_ASSERT_EQUAL(got[k].next_try, model.next_try);
+			CU_ASSERT_EQUAL(got[k].first_failed, T0);
+		}
+	}
+	CU_ASSERT_NOT_EQUAL(got[0].next_try, got[1].next_try);
+	q_retry_rec_clear(&got[0]);
+	q_retry_rec_clear(&got[1]);
+	q_retry_rule_clear(&rh);
+	q_hints_close(&h);
+}
+
 static void test_db_unknown_version(void)
 {
 	struct q_hints *h = open_hints();
@@ -893,6 +1149,11 @@ void suite_retry(void)
 	CU_add_test(s, "due, host use, delay_after_cutoff", test_due_and_use);
 	CU_add_test(s, "next try: huge times and a clock at the edges",
 		    test_compute_overflow);
+	CU_add_test(s, "next try: H within G's bounds, a sweep of records",
+		    test_compute_h);
+	CU_add_test(s, "next try: H over a host's life, deterministic",
+		    test_compute_h_life);
+	CU_add_test(s, "next try: H differs from key to key", test_compute_h_keys);
 	CU_add_test(s, "algorithm list: table", test_parse_table);
 	CU_add_test(s, "algorithm list: every prefix", test_parse_prefixes);
 	CU_add_test(s, "error kinds: valid names", test_kind_valid);
@@ -902,6 +1163,7 @@ void suite_retry(void)
 	CU_add_test(s, "key formats", test_keys);
 	CU_add_test(s, "record codec and versions", test_codec);
 	CU_add_test(s, "db: fail, get, clear", test_db_fail_get_clear);
+	CU_add_test(s, "db: q_retry_fail gives H its key", test_db_h_key);
 	CU_add_test(s, "db: unknown version is not overwritten",
 		    test_db_unknown_version);
 	CU_add_test(s, "db: two processes failing one key", test_db_concurrent);

@@ -12,7 +12,10 @@
  * F,4d,6h". Each algorithm runs until its cutoff, measured from the first
  * failure; F,cutoff,interval retries at a fixed interval; G,cutoff,start,
  * factor starts at `start` and multiplies the previous interval by
- * `factor`. The computation is a pure function of (record, rule, now).
+ * `factor`; H,cutoff,start,factor computes G's interval g and uses one
+ * between max(g/2, start) and g, chosen by a hash of the retry key and
+ * the record's times. The computation is a pure function of (record,
+ * rule, key, now).
  */
 #ifndef Q_RETRY_H
 #define Q_RETRY_H
@@ -41,10 +44,10 @@ Q_API bool q_retry_kind_match(const char *rule_kind, const char *kind, int code)
 
 /* ---- rules ---- */
 struct q_retry_algo {
-	char type;               /* 'F' or 'G' */
+	char type;               /* 'F', 'G' or 'H' */
 	long long cutoff;        /* seconds from the first failure */
-	long long p1;            /* F: interval; G: first interval */
-	double factor;           /* G only (> 1.0) */
+	long long p1;            /* F: interval; G, H: first interval */
+	double factor;           /* G and H only (> 1.0) */
 };
 struct q_retry_rule {
 	char *pattern;           /* "*", "domain", "*.domain", "*@domain", glob */
@@ -53,7 +56,7 @@ struct q_retry_rule {
 	struct q_retry_algo *algo;
 };
 
-/* Parse the algorithm list "F,2h,15m; G,16h,1h,1.5; F,4d,6h" into rule
+/* Parse the algorithm list "F,2h,15m; G,16h,1h,1.5; F,4d,6h" (H as G) into rule
  * (pattern and kind are not touched). -1 with a text naming the bad item.
  * Cutoffs must increase. */
 Q_API int q_retry_parse_algos(const char *s, struct q_retry_rule *rule,
@@ -90,9 +93,18 @@ Q_API int q_retry_rec_decode(const void *val, size_t len, struct q_retry_rec *r,
  * interval_max (the cap on one interval; <= 0 means 24h; more than
  * Q_RETRY_INTERVAL_LIMIT means Q_RETRY_INTERVAL_LIMIT). Time arithmetic
  * saturates: now <= next_try <= the largest time_t, whatever the rule,
- * interval_max, record or clock. */
+ * interval_max, record or clock. An H algorithm's choice here depends on
+ * the record's times only; q_retry_compute_key adds the retry key. */
 Q_API void q_retry_compute(struct q_retry_rec *rec, const struct q_retry_rule *rule,
 			   long long interval_max, time_t now);
+/* The same with the retry key (may be NULL: as q_retry_compute), from
+ * which, with first_failed and now, an H algorithm derives its choice
+ * within [max(g/2, start), g]: deterministic for one key, record and
+ * clock, different from key to key. q_retry_fail calls this. */
+Q_API void q_retry_compute_key(struct q_retry_rec *rec,
+			       const struct q_retry_rule *rule,
+			       long long interval_max, const char *key,
+			       time_t now);
 
 /* Is the key due at now? (no record, or next_try <= now) */
 Q_API bool q_retry_due(const struct q_retry_rec *rec, time_t now);
@@ -143,7 +155,7 @@ Q_API bool q_retry_try_after_cutoff(const struct q_retry_rec *rec,
 Q_API int q_retry_get(struct q_hints *h, const char *key, struct q_retry_rec *rec,
 		      const char **error_r);
 /* Record a failure for key (read-modify-write in one transaction): the
- * record is created or updated by q_retry_compute. The result is copied
+ * record is created or updated by q_retry_compute_key with this key. The result is copied
  * to *rec_r when not NULL. */
 Q_API int q_retry_fail(struct q_hints *h, const char *key,
 		       const struct q_retry_rule *rule, long long interval_max,
