@@ -212,7 +212,8 @@ static void check_conf(const struct q_conf *c)
 		for (size_t j = 0; j < r->nalgo; j++) {
 			const struct q_retry_algo *a = &r->algo[j];
 
-			FZ_CHECK((a->type == 'F' || a->type == 'G') &&
+			FZ_CHECK((a->type == 'F' || a->type == 'G' ||
+				  a->type == 'H') &&
 				 a->cutoff > 0 && a->p1 > 0 &&
 				 (a->type == 'F' || a->factor > 1.0) &&
 				 (j == 0 || a->cutoff > r->algo[j - 1].cutoff),

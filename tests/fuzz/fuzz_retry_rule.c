@@ -9,10 +9,10 @@
  * list, and used as a rule's error field and as a failure's kind.
  * Checked:
  *  - never a crash, a leak or undefined behaviour; an error has a text;
- *  - a parsed list: types F/G, cutoffs > 0 and increasing, intervals
- *    > 0, G factors > 1; q_retry_final_cutoff is the last cutoff (0
+ *  - a parsed list: types F/G/H, cutoffs > 0 and increasing, intervals
+ *    > 0, G and H factors > 1; q_retry_final_cutoff is the last cutoff (0
  *    without algorithms: such a rule expires at once);
- *  - parsing does not depend on the case of F/G (documented);
+ *  - parsing does not depend on the case of F/G/H (documented);
  *  - q_retry_kind_match: "*" and NULL match everything; a rule kind that
  *    q_retry_kind_valid refuses matches nothing; a valid kind matches
  *    itself for a code its form covers (rcpt_45x: 450..459 ...);
@@ -21,13 +21,18 @@
  *    algorithms, the interval never exceeds interval_max, expired is
  *    set exactly when now - t0 is past the final cutoff (and stays), and
  *    q_retry_host_use says USE at next_try and never USE before it for a
- *    recent message.
+ *    recent message; each step's interval (computed with a retry key, as
+ *    q_retry_fail does) is between half and all of what the rule with
+ *    every H written as G gives for the same record (equal when the rule
+ *    has no H), with the same expired flag, and the same again when
+ *    computed twice.
  */
 #include "config.h"
 #include "q/retry.h"
 #include "fuzz.h"
 
 #include <ctype.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const char *const kinds[] = {
@@ -47,8 +52,8 @@ static void check_rule(const struct q_retry_rule *r)
 	for (size_t i = 0; i < r->nalgo; i++) {
 		const struct q_retry_algo *a = &r->algo[i];
 
-		FZ_CHECK(a->type == 'F' || a->type == 'G', "algo %zu type %c", i,
-			 a->type);
+		FZ_CHECK(a->type == 'F' || a->type == 'G' || a->type == 'H',
+			 "algo %zu type %c", i, a->type);
 		FZ_CHECK(a->cutoff > 0 && a->p1 > 0, "algo %zu cutoff %lld p1 %lld",
 			 i, a->cutoff, a->p1);
 		FZ_CHECK(a->type == 'F' || a->factor > 1.0, "algo %zu factor %g",
@@ -60,8 +65,27 @@ static void check_rule(const struct q_retry_rule *r)
 		 (r->nalgo ? r->algo[r->nalgo - 1].cutoff : 0), "final cutoff");
 }
 
+/* rule with every H written as G (twin->algo malloc'd, or NULL) */
+static void g_twin(const struct q_retry_rule *rule, struct q_retry_rule *twin)
+{
+	memset(twin, 0, sizeof(*twin));
+	if (rule->nalgo == 0)
+		return;
+	twin->algo = malloc(rule->nalgo * sizeof(*twin->algo));
+	if (twin->algo == NULL)
+		fz_harness_fail("out of memory");
+	memcpy(twin->algo, rule->algo, rule->nalgo * sizeof(*twin->algo));
+	twin->nalgo = rule->nalgo;
+	for (size_t i = 0; i < twin->nalgo; i++)
+		if (twin->algo[i].type == 'H')
+			twin->algo[i].type = 'G';
+}
+
 static void simulate(const struct q_retry_rule *rule, long long imax)
 {
+	static const char key[] = "T:mx.example.com:192.0.2.1";
+	struct q_retry_rule twin;
+	bool has_h = false;
 	const time_t t0 = 1700000000;
 	long long final = q_retry_final_cutoff(rule);
 	long long cap = imax > 0 ? imax : 86400;
@@ -69,9 +93,25 @@ static void simulate(const struct q_retry_rule *rule, long long imax)
 	time_t now = t0;
 	bool was_expired = false;
 
+	g_twin(rule, &twin);
+	for (size_t i = 0; i < rule->nalgo; i++)
+		has_h |= rule->algo[i].type == 'H';
 	memset(&rec, 0, sizeof(rec));
 	for (int step = 0; step < 40; step++) {
-		q_retry_compute(&rec, rule, imax, now);
+		struct q_retry_rec g = rec, again = rec;   /* no text: shallow */
+		long long ih, ig;
+
+		q_retry_compute(&g, &twin, imax, now);
+		q_retry_compute_key(&again, rule, imax, key, now);
+		q_retry_compute_key(&rec, rule, imax, key, now);
+		ih = (long long)(rec.next_try - now);
+		ig = (long long)(g.next_try - now);
+		FZ_CHECK(again.next_try == rec.next_try, "step %d: H not "
+			 "deterministic", step);
+		FZ_CHECK(g.expired == rec.expired, "step %d: expired differs "
+			 "from G's", step);
+		FZ_CHECK(has_h ? ih >= ig / 2 && ih <= ig : ih == ig,
+			 "step %d: interval %lld, G's %lld", step, ih, ig);
 		FZ_CHECK(rec.first_failed == t0, "step %d: first_failed moved", step);
 		FZ_CHECK(rec.last_try == now, "step %d: last_try", step);
 		FZ_CHECK(rec.next_try >= now && rec.next_try - now <= cap,
@@ -98,6 +138,7 @@ static void simulate(const struct q_retry_rule *rule, long long imax)
 		now = rec.next_try;
 	}
 	q_retry_rec_clear(&rec);
+	free(twin.algo);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -111,15 +152,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memset(&rule, 0, sizeof(rule));
 	r = q_retry_parse_algos(s, &rule, &err);
 	FZ_CHECK(r == 0 || r == -1, "q_retry_parse_algos returned %d", r);
-	/* F/G are case-insensitive: the upper-cased text parses the same */
+	/* F/G/H are case-insensitive: the text with its algorithm letters
+	 * upper-cased parses the same */
 	t = strdup(s);
 	if (t == NULL)
 		fz_harness_fail("out of memory");
-	for (char *p = t; *p; p++)
-		if (*p == 'f' || *p == 'g')
+	/* only an item's first character is an algorithm letter ('h' is
+	 * also the unit of hours) */
+	for (char *p = t, *item = t; *p; p++) {
+		if (*p == ';')
+			item = p + 1;
+		else if (p == item && (*p == ' ' || *p == '\t'))
+			item = p + 1;
+		else if (p == item && (*p == 'f' || *p == 'g' || *p == 'h'))
 			*p = (char)toupper((unsigned char)*p);
+	}
 	memset(&rule2, 0, sizeof(rule2));
-	if (strpbrk(s, "fg") == NULL || strspn(s, "FGfg0123456789,;. \t") == strlen(s)) {
+	if (strpbrk(s, "fgh") == NULL ||
+	    strspn(s, "FGHfgh0123456789,;. \t") == strlen(s)) {
 		int r2 = q_retry_parse_algos(t, &rule2, NULL);
 
 		FZ_CHECK(r2 == r, "\"%s\" gives %d, upper-cased %d", s, r, r2);

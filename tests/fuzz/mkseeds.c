@@ -355,6 +355,7 @@ static const char *const rules[][2] = {
 	{ "geometric", "G,2d,10m,2.0" },
 	{ "lower-case", "f,4h,10m; g,8d,1h,1.25" },
 	{ "long-times", "F,1w2d3h4m5s,1h30m" },
+	{ "randomized", "F,2h,15m; H,16h,1h,1.5; h,4d,6h,1.2" },
 	{ "bad-order", "F,4d,6h; F,2h,15m" },
 	{ "kind-rcpt45x", "rcpt_45x" },
 	{ "kind-timeout-connect-mx", "timeout_connect_MX" },
