@@ -58,33 +58,11 @@ static void rfc5322_date(time_t t, char *buf, size_t size)
 	strftime(buf, size, "%a, %d %b %Y %H:%M:%S %z", &tm);
 }
 
+#define BLANKS " \t\n\r"
+
 static bool blank(char c)
 {
-	return c == ' ' || c == '\t' || c == '\n' || c == '\r';
-}
-
-/* Length of the enhanced status code of class cls at s, 0 when s does
- * not start with one. RFC 3463 2: class "." subject "." detail, subject
- * and detail 1*3 digits; the code ends at a blank or the end of s. */
-static size_t enhanced_len(const char *s, char cls)
-{
-	size_t i = 2;
-
-	if (s[0] != cls || s[1] != '.')
-		return 0;
-	for (int part = 0; part < 2; part++) {
-		size_t start = i;
-		while (s[i] >= '0' && s[i] <= '9' && i - start < 4)
-			i++;
-		if (i == start || i - start > 3)
-			return 0;
-		if (part == 0) {
-			if (s[i] != '.')
-				return 0;
-			i++;
-		}
-	}
-	return s[i] == '\0' || blank(s[i]) ? i : 0;
+	return c != '\0' && strchr(BLANKS, c) != NULL;
 }
 
 /* The server's reply in a recipient's result. rc->last_error is either
@@ -150,7 +128,7 @@ static void status_of(const struct q_rcpt *rc, const char *reply, char *out,
 		for (const char *w = reply; *w; w++) {
 			if (w != reply && !blank(w[-1]))
 				continue;
-			size_t len = enhanced_len(w, '5');
+			size_t len = q_enh_len(w, SIZE_MAX, '5', BLANKS);
 			if (len > 0 && len < size) {
 				memcpy(out, w, len);
 				out[len] = '\0';

@@ -28,4 +28,10 @@ extern const char q_b62[63];
 void q_log_hold(void);
 void q_log_release(void);
 
+/* q_smtp_reply.c: the length of an RFC 3463 enhanced status code of
+ * class cls ('2', '4' or '5') at the start of s (at most n bytes; a NUL
+ * ends s too): cls "." 1*3DIGIT "." 1*3DIGIT, followed by the end of s
+ * or one of the bytes in ends. 0 when s does not start with one. */
+size_t q_enh_len(const char *s, size_t n, char cls, const char *ends);
+
 #endif

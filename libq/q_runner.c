@@ -1418,17 +1418,9 @@ static bool over_rcpt_limit(int code, const char *text)
 		return false;
 	if (text == NULL)
 		return code == 452;
-	const char *s = text;
-	if ((s[0] == '4' || s[0] == '5') && s[1] == '.') {
-		s += 2;
-		size_t a = strspn(s, "0123456789");
-		if (a > 0 && a <= 3 && s[a] == '.') {
-			size_t b = strspn(s + a + 1, "0123456789");
-			if (b > 0 && b <= 3)
-				return a == 1 && s[0] == '5' && b == 1 &&
-				       s[a + 1] == '3';
-		}
-	}
+	size_t l = q_enh_len(text, SIZE_MAX, text[0], " \n");
+	if (l > 0)
+		return l == 5 && text[2] == '5' && text[4] == '3';
 	if (code == 452)
 		return true;
 	static const char want[] = "too many recipients";

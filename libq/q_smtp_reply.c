@@ -92,36 +92,43 @@ void q_reply_parser_reset(struct q_reply_parser *p)
 	p->r.text[0] = '\0';
 }
 
-/* RFC 3463: class "." subject "." detail, class in 2/4/5 and equal to
- * the reply's first digit, subject and detail 1-3 digits, then a space
- * or the end of the line. */
-static void find_enh(struct q_reply *r)
+/* RFC 3463: class "." subject "." detail, class in 2/4/5, subject and
+ * detail 1-3 digits (q_private.h). */
+size_t q_enh_len(const char *s, size_t n, char cls, const char *ends)
 {
-	const char *s = r->text;
-	size_t n = r->textlen, i = 0, part;
+	size_t i = 2;
 
-	if (n < 5 || s[0] != (char)('0' + r->code / 100) ||
-	    (s[0] != '2' && s[0] != '4' && s[0] != '5') || s[1] != '.')
-		return;
-	i = 2;
-	for (part = 0; part < 2; part++) {
+	if ((cls != '2' && cls != '4' && cls != '5') || n < 5 ||
+	    s[0] != cls || s[1] != '.')
+		return 0;
+	for (int part = 0; part < 2; part++) {
 		size_t start = i;
 
 		while (i < n && i - start < 4 && s[i] >= '0' && s[i] <= '9')
 			i++;
 		if (i == start || i - start > 3)
-			return;
+			return 0;
 		if (part == 0) {
 			if (i >= n || s[i] != '.')
-				return;
+				return 0;
 			i++;
 		}
 	}
-	if (i < n && s[i] != ' ' && s[i] != '\n')
+	if (i < n && s[i] != '\0' && strchr(ends, s[i]) == NULL)
+		return 0;
+	return i;
+}
+
+/* The enhanced code of a reply: at the start of its first line, of the
+ * reply's class, then a space or the end of the line. */
+static void find_enh(struct q_reply *r)
+{
+	size_t i = q_enh_len(r->text, r->textlen, (char)('0' + r->code / 100),
+			     " \n");
+
+	if (i == 0 || i >= sizeof(r->enh))
 		return;
-	if (i >= sizeof(r->enh))
-		return;
-	memcpy(r->enh, s, i);
+	memcpy(r->enh, r->text, i);
 	r->enh[i] = '\0';
 }
 
