@@ -531,14 +531,31 @@ void q_env_free(struct q_env **envp)
 	*envp = NULL;
 }
 
-size_t q_env_pending(const struct q_env *env)
+static size_t count_state(const struct q_env *env, char state)
 {
 	size_t n = 0;
 
 	for (size_t i = 0; i < env->nrcpt; i++)
-		if (env->rcpt[i].state == Q_RCPT_PENDING)
+		if (env->rcpt[i].state == state)
 			n++;
 	return n;
+}
+
+size_t q_env_pending(const struct q_env *env)
+{
+	return count_state(env, Q_RCPT_PENDING);
+}
+
+size_t q_env_owed(const struct q_env *env)
+{
+	return count_state(env, Q_RCPT_FAILED_OWED);
+}
+
+/* A recipient state that -H, -J and q_msg_journal accept. */
+static bool state_known(char s)
+{
+	return s == Q_RCPT_PENDING || s == Q_RCPT_DELIVERED ||
+	       s == Q_RCPT_FAILED || s == Q_RCPT_FAILED_OWED;
 }
 
 /* Next line, which must be "key value"; value in *v. */
@@ -604,8 +621,7 @@ static int parse_rcpt_line(struct cur *c, struct q_rcpt *r, const char **error_r
 	if (split_line(&l, t, 8) < 0 || !tok_is(&t[0], "rcpt"))
 		return perr(c, c->line, error_r,
 			    "expected 'rcpt ADDR STATE TRIES TIME CODE HOST TEXT'");
-	if (t[2].n != 1 || (t[2].p[0] != 'P' && t[2].p[0] != 'D' &&
-			    t[2].p[0] != 'F' && t[2].p[0] != 'X'))
+	if (t[2].n != 1 || !state_known(t[2].p[0]))
 		return perr(c, c->line, error_r, "bad recipient state");
 	if (parse_u64(&t[3], UINT_MAX, &tries) < 0)
 		return perr(c, c->line, error_r, "bad recipient tries");
@@ -810,8 +826,7 @@ static int journal_apply(const char *data, size_t len, const char *path,
 				    "TIME CODE HOST TEXT'");
 		if (parse_u64(&t[0], SIZE_MAX, &idx) < 0 || idx >= env->nrcpt)
 			return perr(&c, c.line, error_r, "bad recipient index");
-		if (t[1].n != 1 || (t[1].p[0] != 'P' && t[1].p[0] != 'D' &&
-				    t[1].p[0] != 'F' && t[1].p[0] != 'X'))
+		if (t[1].n != 1 || !state_known(t[1].p[0]))
 			return perr(&c, c.line, error_r, "bad state");
 		if (parse_u64(&t[2], TIME_MAX_U, &tm) < 0)
 			return perr(&c, c.line, error_r, "bad time");
@@ -1743,8 +1758,7 @@ int q_msg_journal(struct q_msg *m, size_t idx, char state, int code,
 		return q_err(error_r, "message %s was removed", m->id);
 	if (idx >= m->env->nrcpt)
 		return q_err(error_r, "recipient index %zu out of range", idx);
-	if (state != Q_RCPT_PENDING && state != Q_RCPT_DELIVERED &&
-	    state != Q_RCPT_FAILED && state != Q_RCPT_FAILED_OWED)
+	if (!state_known(state))
 		return q_err(error_r, "bad recipient state");
 	if (code < 0 || code > 999)
 		return q_err(error_r, "bad reply code %d", code);
@@ -2207,13 +2221,9 @@ int q_msg_commit(struct q_msg *m, time_t next_try, const char **error_r)
 	if (m->jhold.len > 0 &&
 	    q_msg_journal_flush(m, Q_JOURNAL_NOSYNC, error_r) < 0)
 		return -1;
-	bool owed = false;
-	for (size_t i = 0; i < m->env->nrcpt; i++)
-		if (m->env->rcpt[i].state == Q_RCPT_FAILED_OWED)
-			owed = true;
 	/* a message that still owes a bounce stays (its X recipients say
 	   so), whatever the caller thinks */
-	if (q_env_pending(m->env) == 0 && !owed)
+	if (q_env_pending(m->env) == 0 && q_env_owed(m->env) == 0)
 		return msg_unlink_all(m, error_r);
 	if (env_rewrite(m, error_r) < 0)
 		return -1;

@@ -82,6 +82,8 @@ struct q_env {
 Q_API void q_env_free(struct q_env **env);
 /* Number of recipients still pending. */
 Q_API size_t q_env_pending(const struct q_env *env);
+/* Number of failed recipients whose bounce is still owed (X). */
+Q_API size_t q_env_owed(const struct q_env *env);
 
 /* ---- the spool ---- */
 struct q_spool;
