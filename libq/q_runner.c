@@ -77,6 +77,7 @@
 #include <unistd.h>
 
 #define MAX_REQUEUE 3          /* a job re-sent after a broken connection */
+#define TIMED_OUT " (retry timeout exceeded)"  /* after a failure's text */
 #define SESS_EVERY_MS 200      /* live-session writes for per-message states */
 #define JOIN_MIN_JOBS 32       /* jobs waiting per connection before another opens */
 
@@ -523,7 +524,7 @@ static int collect(const struct q_index_rec *rec, void *ctx)
 	return 0;
 }
 
-static void owe_bounce(struct mstate *m, size_t idx);
+static void owe_earlier(struct mstate *m);
 static void msg_finish(struct run *r, struct mstate *m);
 
 /* Turn one due message into jobs: pending recipients grouped by
@@ -597,10 +598,7 @@ static int plan_msg(struct run *r, const struct cand *c)
 		if (q_msg_lock(r->spool, m->id, &m->msg, &err) == 0) {
 			stat_add(r, &r->st->messages, 1);
 			m->counted = true;
-			struct q_env *env = q_msg_env(m->msg);
-			for (size_t i = 0; i < env->nrcpt; i++)
-				if (env->rcpt[i].state == Q_RCPT_FAILED_OWED)
-					owe_bounce(m, i);
+			owe_earlier(m);
 			msg_finish(r, m);
 		} else {
 			m->msg = NULL;
@@ -819,6 +817,19 @@ static bool bounce_due(const struct q_env *env)
 	       !(env->flags & Q_ENV_BOUNCE);
 }
 
+static void owe_bounce(struct mstate *m, size_t idx);
+
+/* Remember every recipient of the locked message whose bounce an
+ * earlier run owes (killed before it queued it, or unable to): this run
+ * queues it (m->mu held). */
+static void owe_earlier(struct mstate *m)
+{
+	const struct q_env *env = q_msg_env(m->msg);
+	for (size_t i = 0; i < env->nrcpt; i++)
+		if (env->rcpt[i].state == Q_RCPT_FAILED_OWED)
+			owe_bounce(m, i);
+}
+
 /* Remember a recipient whose bounce is owed (m->mu held), once. */
 static void owe_bounce(struct mstate *m, size_t idx)
 {
@@ -877,11 +888,7 @@ static int job_begin(struct run *r, struct job *j)
 		struct q_env *env = q_msg_env(m->msg);
 		if ((env->flags & Q_ENV_FROZEN) && r->o->thaw)
 			(void)q_msg_set_frozen(m->msg, false, NULL, NULL);
-		/* bounces owed since an earlier run (killed before it queued
-		   them, or unable to): this run queues them */
-		for (size_t i = 0; i < env->nrcpt; i++)
-			if (env->rcpt[i].state == Q_RCPT_FAILED_OWED)
-				owe_bounce(m, i);
+		owe_earlier(m);
 		if (!m->counted) {
 			m->counted = true;
 			stat_add(r, &r->st->messages, 1);
@@ -921,10 +928,17 @@ static void note_result_n(struct run *r, struct mstate *m, size_t idx, char stat
 	}
 }
 
-static void note_result(struct run *r, struct mstate *m, size_t idx, char state,
-			int code, const char *host, const char *text)
+/* A failure whose text says why it fails now: text then why (such as
+ * " (retry timeout exceeded)"; "" adds nothing). m->mu held. */
+static void note_failed(struct run *r, struct mstate *m, size_t idx, int code,
+			const char *host, const char *text, const char *why,
+			unsigned jflags)
 {
-	note_result_n(r, m, idx, state, code, host, text, true, 0);
+	struct q_buf tb = {0};
+	if (why[0] != '\0' && q_buf_printf(&tb, "%s%s", text, why) == 0)
+		text = tb.data;
+	note_result_n(r, m, idx, Q_RCPT_FAILED, code, host, text, true, jflags);
+	q_buf_free(&tb);
 }
 
 static void note_next_try(struct mstate *m, time_t t)
@@ -941,7 +955,6 @@ static void msg_finish(struct run *r, struct mstate *m)
 {
 	const char *err = NULL;
 	struct q_env *env = q_msg_env(m->msg);
-	bool owing = false;
 	if (m->nfailed > 0 && bounce_due(env)) {
 		char bid[Q_ID_LEN + 1] = "";
 		if (q_dsn_queue(r->spool, env, m->failed, m->nfailed,
@@ -949,7 +962,6 @@ static void msg_finish(struct run *r, struct mstate *m)
 			q_log("%s bounce not queued (a later run tries again): %s",
 			      m->id, err);
 			vlog(r, "%s bounce not queued: %s", m->id, err);
-			owing = true;
 			note_next_try(m, r->now + 15 * 60);
 		} else {
 			if (bid[0]) {
@@ -966,7 +978,8 @@ static void msg_finish(struct run *r, struct mstate *m)
 			m->nfailed = 0;
 		}
 	}
-	bool done = q_env_pending(env) == 0 && !owing;
+	/* X recipients left (the bounce not queued): the message stays */
+	bool done = q_env_pending(env) == 0 && q_env_owed(env) == 0;
 	if (!done && m->mlog.len > 0) {
 		for (char *l = m->mlog.data, *nl; *l; l = nl + 1) {
 			nl = strchr(l, '\n');
@@ -1089,12 +1102,8 @@ static void job_defer_all(struct run *r, struct dest *d, struct job *j,
 			continue;
 		if (bounce) {
 			const char *why = d->route_status == Q_ROUTE_PERMANENT
-					  ? "" : " (retry timeout exceeded)";
-			struct q_buf tb = {0};
-			(void)q_buf_printf(&tb, "%s%s", e->text, why);
-			note_result(r, m, j->rcpt[k], Q_RCPT_FAILED, e->code, host,
-				    tb.data ? tb.data : e->text);
-			q_buf_free(&tb);
+					  ? "" : TIMED_OUT;
+			note_failed(r, m, j->rcpt[k], e->code, host, e->text, why, 0);
 			mlog(r, m, "** %s: %s%s", j->addr[k], e->text, why);
 		} else {
 			/* recipients on their way to the fallback hosts are
@@ -1174,11 +1183,6 @@ static void fill_opts(struct run *r, const struct q_host *h, struct q_smtp_opts 
 	o->size_addition = cf->size_addition;
 }
 
-/* IP number i of d failed (connect, greeting, TLS, or a dialogue that
- * broke: timeout, lost connection, protocol error, 421): its own retry
- * record, and no other try of it in this run (not even with -f). Returns
- * the record's next try (0 if unknown); *expired_r (may be NULL) says
- * whether the record is past its rule's final cutoff. */
 /* Has a failure timed out for a message that arrived at `arrival`? As
  * Exim: the record is past its rule's final cutoff, or the message has
  * waited longer than that cutoff since it arrived or since the failure
@@ -1198,9 +1202,21 @@ static bool timed_out(const struct q_retry_rec *rec,
 	return since > 0 && now - since > q_retry_final_cutoff(rule);
 }
 
-/* An IP failed: its record. *expired_r: the record is past its final
- * cutoff; *msg_expired_r: the failure timed out for a message that
- * arrived at `arrival` (timed_out). Either may be NULL. */
+/* The retry key of a host (IP) of the run: T:host:ip[:port]. */
+static int host_key(const struct run *r, const struct q_host *h,
+		    struct q_buf *key)
+{
+	const struct q_conf *cf = r->conf;
+	return q_retry_key_host(key, h->name, h->ip, h->port ? h->port : cf->port,
+				cf->retry_include_ip_address);
+}
+
+/* IP number i of d failed (connect, greeting, TLS, or a dialogue that
+ * broke: timeout, lost connection, protocol error, 421): its own retry
+ * record, and no other try of it in this run (not even with -f). Returns
+ * the record's next try (0 if unknown). *expired_r: the record is past
+ * its rule's final cutoff; *msg_expired_r: the failure timed out for a
+ * message that arrived at `arrival` (timed_out). Either may be NULL. */
 static time_t host_failed(struct run *r, struct dest *d, size_t i,
 			  const struct q_smtp_err *e, time_t arrival,
 			  bool *expired_r, bool *msg_expired_r)
@@ -1214,8 +1230,7 @@ static time_t host_failed(struct run *r, struct dest *d, size_t i,
 
 	const struct q_retry_rule *rule = rule_for(r, h->name, d->route_domain,
 						   e->kind, e->code);
-	if (q_retry_key_host(&key, h->name, h->ip, port,
-			     cf->retry_include_ip_address) == 0)
+	if (host_key(r, h, &key) == 0)
 		(void)q_retry_fail(r->hints, key.data, rule,
 				   cf->retry_interval_max, e->kind, e->code, e->err,
 				   e->text, r->now, &nrec, NULL);
@@ -1259,8 +1274,7 @@ static int dest_connect(struct worker *w, struct dest *d, struct conn_state *cs,
 		unsigned port = h->port ? h->port : cf->port;
 		struct q_retry_rec rec = {0};
 		q_buf_reset(&key);
-		if (q_retry_key_host(&key, h->name, h->ip, port,
-				     cf->retry_include_ip_address) < 0)
+		if (host_key(r, h, &key) < 0)
 			break;
 		int got = q_retry_get(r->hints, key.data, &rec, NULL);
 		any_considered = true;
@@ -1533,11 +1547,8 @@ static enum send_result job_send(struct worker *w, struct dest *d,
 	} else if (!broken && cs->host_rec) {
 		/* the server answered a whole transaction: the IP works, and
 		   its record from earlier failures goes */
-		const struct q_conf *cf = r->conf;
 		struct q_buf hkey = {0};
-		if (q_retry_key_host(&hkey, h->name, h->ip,
-				     h->port ? h->port : cf->port,
-				     cf->retry_include_ip_address) == 0)
+		if (host_key(r, h, &hkey) == 0)
 			(void)q_retry_clear(r->hints, hkey.data, NULL);
 		q_buf_free(&hkey);
 		cs->host_rec = false;
@@ -1652,15 +1663,10 @@ static enum send_result job_send(struct worker *w, struct dest *d,
 			note_result_n(r, m, map[k], Q_RCPT_FAILED, c, h->name, text,
 				      true, Q_JOURNAL_HOLD);
 			break;
-		case F_TIMEOUT: {
-			struct q_buf tb = {0};
-			(void)q_buf_printf(&tb, "%s (retry timeout exceeded)", text);
-			note_result_n(r, m, map[k], Q_RCPT_FAILED, c, h->name,
-				      tb.data ? tb.data : text, true,
-				      Q_JOURNAL_HOLD);
-			q_buf_free(&tb);
+		case F_TIMEOUT:
+			note_failed(r, m, map[k], c, h->name, text, TIMED_OUT,
+				    Q_JOURNAL_HOLD);
 			break;
-		}
 		case F_DEFER:
 			note_result_n(r, m, map[k], Q_RCPT_PENDING, c, h->name, text,
 				      true, Q_JOURNAL_HOLD);
@@ -1701,8 +1707,8 @@ static enum send_result job_send(struct worker *w, struct dest *d,
 			     h->ip, c, text);
 			break;
 		case F_TIMEOUT:
-			mlog(r, m, "** %s H=%s [%s]: %d %s (retry timeout exceeded)",
-			     rcpts[k], h->name, h->ip, c, text);
+			mlog(r, m, "** %s H=%s [%s]: %d %s%s", rcpts[k], h->name,
+			     h->ip, c, text, TIMED_OUT);
 			break;
 		case F_DEFER:
 			mlog(r, m, "== %s H=%s [%s] defer (%s): %d %s", rcpts[k],
